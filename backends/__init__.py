@@ -1,0 +1,1 @@
+"""Code that runs inside model worker processes. Nothing here imports the HTTP layer."""

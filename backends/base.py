@@ -1,0 +1,117 @@
+"""Adapter protocols by capability, and the plain data that crosses into a worker.
+
+An adapter is synchronous and runs inside its own worker process. Each capability is a
+generator method: it yields chunks (dicts) as they are produced and returns a final dict
+(finish reason, usage). Cancellation arrives as a `Cancel` flag the engine checks per token
+or per step. Adapters know nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+Chunks = Generator[dict[str, Any], None, dict[str, Any]]
+
+
+class Cancel:
+    """Set by the worker when the client went away; engines poll it between tokens/steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def __bool__(self) -> bool:  # `if cancel:` reads naturally in engine loops
+        return self._event.is_set()
+
+
+class InvalidInput(Exception):
+    """The request cannot be served by this model as asked (maps to HTTP 400)."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+@dataclass
+class ChatParams:
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CompletionParams:
+    prompt: str
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Adapter(Protocol):
+    """What every engine adapter offers, whatever it serves."""
+
+    def memory_mb(self) -> float:
+        """The adapter's own account of its footprint (weights, caches, runtime)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for observability and tests (e.g. tokens generated)."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    def chat(self, params: ChatParams, cancel: Cancel) -> Chunks: ...
+
+
+@runtime_checkable
+class CompletionModel(Protocol):
+    def complete(self, params: CompletionParams, cancel: Cancel) -> Chunks: ...
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text, holding back a tail that might begin one.
+
+    feed() returns the text that is safe to emit and whether a stop string was hit.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self._stops = [s for s in stops if s]
+        self._held = ""
+        self._keep = max((len(s) for s in self._stops), default=1) - 1
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self._stops:
+            return text, False
+        buffer = self._held + text
+        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self._held = ""
+            return buffer[: min(hits)], True
+        cut = len(buffer) - self._keep if self._keep else len(buffer)
+        # Hold back only a tail that is a prefix of some stop string.
+        while cut < len(buffer) and not any(s.startswith(buffer[cut:]) for s in self._stops):
+            cut += 1
+        self._held = buffer[cut:]
+        return buffer[:cut], False
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held

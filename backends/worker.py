@@ -1,0 +1,163 @@
+"""The model worker process: one adapter, requests in, chunks and results out.
+
+Started by the server as `python -m backends.worker --fd N`. It speaks newline-delimited JSON over
+the inherited socket N. The first line it reads is the model spec; it loads the adapter, answers
+`ready` (with its own memory account) or `load_error`, then serves:
+
+  in:  {"op": "call", "id": 7, "method": "chat", "params": {...}}
+       {"op": "cancel", "id": 7}   {"op": "stats", "id": 8}   {"op": "stop"}
+  out: {"id": 7, "c": {...}}  one chunk      {"id": 7, "end": {...}}  the final result
+       {"id": 7, "err": {"kind": "invalid" | "backend", "message": ..., "param": ..., "code": ...}}
+       {"id": 8, "stats": {...}}
+
+Each call runs in its own thread so cancels and stats are read while a model generates; an adapter
+that cannot serve two requests at once serialises them itself. When the server goes away the
+socket closes and the worker exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+from dataclasses import fields
+from typing import Any
+
+from backends.base import Cancel, ChatParams, CompletionParams, InvalidInput
+
+ADAPTERS = {
+    "fake": "backends.fake:FakeAdapter",
+}
+
+PARAMS = {"chat": ChatParams, "complete": CompletionParams}
+
+log = logging.getLogger("modelyard.worker")
+
+
+class Connection:
+    """The worker's end of the socket: whole lines in, whole lines out, writes serialised."""
+
+    def __init__(self, fd: int):
+        self._sock = socket.socket(fileno=fd)
+        self._reader = self._sock.makefile("rb")
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        with self._lock:
+            self._sock.sendall(data)
+
+    def receive(self) -> dict[str, Any] | None:
+        line = self._reader.readline()
+        return json.loads(line) if line else None
+
+
+def load_adapter(spec: dict[str, Any]):
+    module_name, _, class_name = ADAPTERS[spec["backend"]].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)(spec)
+
+
+def build_params(method: str, params: dict[str, Any]):
+    kind = PARAMS.get(method)
+    if kind is None:
+        return params
+    known = {f.name for f in fields(kind)}
+    extra = {k: v for k, v in params.items() if k not in known}
+    return kind(**{k: v for k, v in params.items() if k in known}, extra=extra)
+
+
+class Worker:
+    def __init__(self, conn: Connection, adapter):
+        self.conn = conn
+        self.adapter = adapter
+        self.cancels: dict[int, Cancel] = {}
+
+    def serve(self) -> None:
+        while True:
+            message = self.conn.receive()
+            if message is None or message.get("op") == "stop":
+                return
+            op = message.get("op")
+            if op == "call":
+                cancel = Cancel()
+                self.cancels[message["id"]] = cancel
+                threading.Thread(target=self._run, args=(message, cancel), daemon=True).start()
+            elif op == "cancel":
+                cancel = self.cancels.get(message["id"])
+                if cancel is not None:
+                    cancel.set()
+            elif op == "stats":
+                self.conn.send({"id": message["id"], "stats": self._stats()})
+
+    def _stats(self) -> dict[str, Any]:
+        return {"active": len(self.cancels), "memory_mb": self.adapter.memory_mb(), **self.adapter.stats()}
+
+    def _run(self, message: dict[str, Any], cancel: Cancel) -> None:
+        call_id, method = message["id"], message["method"]
+        try:
+            handler = getattr(self.adapter, method, None)
+            if handler is None:
+                raise InvalidInput(f"this model does not support {method!r}", code="unsupported")
+            chunks = handler(build_params(method, message.get("params", {})), cancel)
+            while True:
+                try:
+                    chunk = next(chunks)
+                except StopIteration as done:
+                    self.conn.send({"id": call_id, "end": done.value or {}})
+                    return
+                if not cancel:  # after a cancel nobody reads the chunks
+                    self.conn.send({"id": call_id, "c": chunk})
+        except InvalidInput as exc:
+            self.conn.send({"id": call_id, "err": {"kind": "invalid", "message": exc.message,
+                                                   "param": exc.param, "code": exc.code}})
+        except Exception as exc:  # the engine failed this request; the worker lives on
+            log.error("request %s failed: %s", call_id, traceback.format_exc())
+            self.conn.send({"id": call_id, "err": {"kind": "backend", "message": f"{type(exc).__name__}: {exc}"}})
+        finally:
+            self.cancels.pop(call_id, None)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us if the server dies without closing the socket first."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m backends.worker")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s")
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
+    conn = Connection(args.fd)
+    spec = conn.receive()
+    if spec is None:
+        return
+    try:
+        adapter = load_adapter(spec)
+    except Exception as exc:
+        log.error("load failed: %s", traceback.format_exc())
+        conn.send({"op": "load_error", "message": f"{type(exc).__name__}: {exc}"})
+        return
+    conn.send({"op": "ready", "memory_mb": adapter.memory_mb(), "pid": os.getpid()})
+    Worker(conn, adapter).serve()
+    try:
+        adapter.close()
+    finally:
+        sys.stdout.flush()
+        os._exit(0)  # threads may sit inside native code; do not wait for them
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The modelyard HTTP process: everything that is not running a model."""

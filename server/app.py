@@ -1,0 +1,122 @@
+"""create_app(settings): wires the registry, arbiter, metrics and routers onto app.state."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server import errors
+from server.access import AccessMiddleware
+from server.arbiter import Arbiter
+from server.memory import MemoryProbe, default_budget_mb
+from server.metrics import Metrics
+from server.registry import Registry, load_registry
+from server.routes import admin, chat, health, models
+from server.security import SecurityMiddleware
+from server.settings import Settings
+from server.workers import WorkerFactory
+
+log = logging.getLogger("modelyard")
+
+VERSION = "0.1.0"
+_V1_ALIASES = ("/chat/completions", "/completions", "/embeddings", "/models", "/images/generations",
+               "/audio/transcriptions", "/audio/translations")
+
+
+class ConfigError(Exception):
+    """The server refuses to start with these settings."""
+
+
+@dataclass
+class Services:
+    settings: Settings
+    registry: Registry
+    arbiter: Arbiter
+    metrics: Metrics
+    probe: MemoryProbe
+    started_at: int
+
+
+def allowed_model_dirs(settings: Settings) -> list[Path]:
+    if settings.model_dirs:
+        return [Path(d).expanduser() for d in settings.model_dirs]
+    return [settings.models.resolve().parent, settings.cache_dir.expanduser()]
+
+
+def check_exposure(settings: Settings) -> None:
+    if not settings.binds_loopback and not settings.api_keys and not settings.insecure_no_auth:
+        raise ConfigError(
+            f"refusing to listen on {settings.host} without an API key: set MODELYARD_API_KEYS "
+            "(or --api-keys), or pass --insecure-no-auth if every client on that network is trusted"
+        )
+
+
+def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = None,
+               registry: Registry | None = None) -> FastAPI:
+    check_exposure(settings)
+    registry = registry or load_registry(settings.models, allowed_model_dirs(settings))
+    probe = probe or MemoryProbe()
+    metrics = Metrics(VERSION)
+    metrics.known_models([spec.id for spec in registry])
+    budget = settings.budget_mb or default_budget_mb(probe)
+    overhead = settings.worker_overhead_mb
+    if overhead is None:
+        overhead = 300 if probe.gpu else 60
+    arbiter_kwargs = dict(
+        overhead_mb=overhead,
+        max_queue=settings.max_queue,
+        queue_timeout_s=settings.queue_timeout_s,
+        load_timeout_s=settings.load_timeout_s,
+        unload_timeout_s=settings.unload_timeout_s,
+        events=metrics,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        arbiter = Arbiter(budget, factory or WorkerFactory(), probe, **arbiter_kwargs)
+        app.state.services = Services(settings, registry, arbiter, metrics, probe, int(time.time()))
+        metrics.memory(0.0, budget, {})
+        log.info("modelyard %s: %d models, budget %d MiB (%s)", VERSION, len(registry), budget,
+                 "GPU" if probe.gpu else "RAM")
+        try:
+            yield
+        finally:
+            await arbiter.close()
+
+    app = FastAPI(title="modelyard", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
+    errors.install(app)
+    for router in (chat.router, models.router, health.router, admin.router):
+        app.include_router(router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.add_middleware(SecurityMiddleware, settings=settings)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["x-request-id"])
+    app.add_middleware(AccessMiddleware, metrics=metrics)
+    app.add_middleware(V1Aliases)
+    return app
+
+
+class V1Aliases:
+    """Answer /chat/completions and friends without the /v1 prefix too (cheap insurance)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path in _V1_ALIASES or path.startswith("/models/")):
+            scope = {**scope, "path": "/v1" + path, "raw_path": b"/v1" + scope.get("raw_path", path.encode())}
+        await self.app(scope, receive, send)

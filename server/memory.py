@@ -1,0 +1,75 @@
+"""The only module that asks NVML or the OS how much memory is used."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import psutil
+
+log = logging.getLogger("modelyard.memory")
+
+MIB = 1024 * 1024
+
+
+class MemoryProbe:
+    """Measures a worker's footprint: NVML per process on a GPU, resident memory on a CPU.
+
+    Where NVML cannot see the worker (a container without the host's PID namespace reports host
+    pids), the worker's own report stands in; the arbiter takes the larger of the two figures.
+    """
+
+    def __init__(self) -> None:
+        self._nvml = None
+        self._handle = None
+        with contextlib.suppress(Exception):
+            import pynvml  # optional: the `gpu` extra
+
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._nvml = pynvml
+
+    @property
+    def gpu(self) -> bool:
+        return self._handle is not None
+
+    def device_total_mb(self) -> float | None:
+        if not self.gpu:
+            return None
+        return self._nvml.nvmlDeviceGetMemoryInfo(self._handle).total / MIB
+
+    def process_mb(self, pid: int) -> float | None:
+        """Memory the process holds on the device (GPU) or in RAM (CPU); None if unknown."""
+        if self.gpu:
+            for proc in self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
+                if proc.pid == pid and proc.usedGpuMemory is not None:
+                    return proc.usedGpuMemory / MIB
+            return None
+        try:
+            return psutil.Process(pid).memory_info().rss / MIB
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+
+    def measure(self, pid: int, reported_mb: float) -> float:
+        seen = self.process_mb(pid)
+        return max(reported_mb, seen or 0.0)
+
+    async def wait_released(self, pid: int, timeout_s: float) -> bool:
+        """After a worker exits, wait until its memory no longer reads as used."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not psutil.pid_exists(pid) and (not self.gpu or self.process_mb(pid) is None):
+                return True
+            await asyncio.sleep(0.02)
+        log.warning("memory of pid %d still reads as used after %.1fs", pid, timeout_s)
+        return False
+
+
+def default_budget_mb(probe: MemoryProbe) -> int:
+    """12 GiB of GPU memory when a card is visible (capped by the card), else half the RAM."""
+    if probe.gpu:
+        total = probe.device_total_mb() or 12288
+        return int(min(12288, total - 512))
+    return int(psutil.virtual_memory().total / MIB * 0.5)

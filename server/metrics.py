@@ -1,0 +1,96 @@
+"""Every Prometheus metric, defined once, on a registry owned by the app (no module globals).
+
+Label values come from bounded sets: endpoints are route templates, models are registry ids or
+"unknown", reasons and results are fixed words. Nothing from a request's content becomes a label.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+MIB = 1024 * 1024
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TOKEN_GAP = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class Metrics:
+    def __init__(self, version: str = "0.1.0"):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("modelyard_requests_total", "HTTP requests answered.",
+                                ["endpoint", "model", "status"], registry=r)
+        self.request_duration = Histogram("modelyard_request_duration_seconds", "Time to the last byte.",
+                                          ["endpoint"], buckets=_LATENCY, registry=r)
+        self.ttft = Histogram("modelyard_time_to_first_token_seconds", "Request start to first token.",
+                              ["model"], buckets=_LATENCY, registry=r)
+        self.inter_token = Histogram("modelyard_inter_token_latency_seconds", "Mean gap between tokens.",
+                                     ["model"], buckets=_TOKEN_GAP, registry=r)
+        self.queue_wait = Histogram("modelyard_queue_wait_seconds", "Time waiting for a model lease.",
+                                    ["model"], buckets=_LATENCY, registry=r)
+        self.prompt_tokens = Counter("modelyard_prompt_tokens_total", "Prompt tokens processed.",
+                                     ["model"], registry=r)
+        self.generation_tokens = Counter("modelyard_generation_tokens_total", "Tokens generated.",
+                                         ["model"], registry=r)
+        self.running = Gauge("modelyard_num_requests_running", "Requests being served.", registry=r)
+        self.waiting = Gauge("modelyard_num_requests_waiting", "Requests waiting for a model.", registry=r)
+        self.loads = Counter("modelyard_model_loads_total", "Model loads.", ["model", "result"], registry=r)
+        self.load_duration = Histogram("modelyard_model_load_duration_seconds", "Model load time.",
+                                       ["model"], buckets=_LATENCY, registry=r)
+        self.evictions = Counter("modelyard_model_evictions_total", "Models unloaded, by reason.",
+                                 ["model", "reason"], registry=r)
+        self.resident = Gauge("modelyard_model_resident_bytes", "Accounted memory per resident model.",
+                              ["model"], registry=r)
+        self.budget = Gauge("modelyard_memory_budget_bytes", "The arbiter's memory budget.", registry=r)
+        self.used = Gauge("modelyard_memory_used_bytes", "Memory the arbiter has accounted.", registry=r)
+        self.build = Info("modelyard_build", "Build information.", registry=r)
+        self.build.info({"version": version})
+        self._models: set[str] = set()
+
+    def known_models(self, ids: list[str]) -> None:
+        self._models = set(ids)
+
+    def model(self, name: str | None) -> str:
+        return name if name in self._models else "unknown"
+
+    # ---- arbiter events ------------------------------------------------------------------------
+
+    def loaded(self, model: str, result: str, seconds: float) -> None:
+        self.loads.labels(self.model(model), result).inc()
+        self.load_duration.labels(self.model(model)).observe(seconds)
+
+    def evicted(self, model: str, reason: str) -> None:
+        self.evictions.labels(self.model(model), reason).inc()
+
+    def waited(self, model: str, seconds: float) -> None:
+        self.queue_wait.labels(self.model(model)).observe(seconds)
+
+    def memory(self, used_mb: float, budget_mb: float, per_model_mb: dict[str, float]) -> None:
+        self.used.set(used_mb * MIB)
+        self.budget.set(budget_mb * MIB)
+        for model in self._models:
+            self.resident.labels(model).set(per_model_mb.get(model, 0.0) * MIB)
+
+    def queue(self, waiting: int) -> None:
+        self.waiting.set(waiting)
+
+    # ---- requests ------------------------------------------------------------------------------
+
+    def observe_request(self, endpoint: str, model: str | None, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, self.model(model), str(status)).inc()
+        self.request_duration.labels(endpoint).observe(seconds)
+
+    def observe_generation(self, request, generation) -> None:
+        model = self.model(getattr(request.state, "model_label", None))
+        prompt, completion = generation.usage
+        self.prompt_tokens.labels(model).inc(prompt)
+        self.generation_tokens.labels(model).inc(completion)
+        if generation.first_token_at is not None:
+            self.ttft.labels(model).observe(generation.first_token_at - generation.started)
+            if completion > 1:
+                gap = (time.perf_counter() - generation.first_token_at) / (completion - 1)
+                self.inter_token.labels(model).observe(gap)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

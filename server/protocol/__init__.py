@@ -1,0 +1,1 @@
+"""OpenAI wire models (pydantic), one module per resource. Data only."""

@@ -1,0 +1,72 @@
+"""Pieces shared by several resources: bounded numbers, stop lists, usage, ids."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Every numeric request field is bounded; NaN and infinities are refused (hardening item 11).
+MAX_TOKENS_LIMIT = 1_000_000
+Temperature = Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)]
+TopP = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
+MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+N = Annotated[int, Field(ge=1, le=16)]
+StopText = Annotated[str, Field(max_length=512)]
+
+
+class WireModel(BaseModel):
+    """Requests: unknown fields are accepted and ignored (Zed, Continue send extras)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class GenerationRequest(WireModel):
+    model: str = Field(min_length=1, max_length=256)
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    n: N = 1
+    stream: bool = False
+    stop: StopText | Annotated[list[StopText], Field(max_length=64)] | None = None
+    seed: Seed | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    keep_alive: float | int | str | None = Field(None, description="Ollama-style: seconds or '5m'.")
+    user: str | None = None
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, value: Any) -> Any:
+        from server.registry import parse_keep_alive
+
+        return None if value is None else parse_keep_alive(value)
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class StreamOptions(WireModel):
+    include_usage: bool = False
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

@@ -1,0 +1,1 @@
+"""Thin routers: validate -> lease a model -> call it -> encode the response."""

@@ -1,0 +1,72 @@
+"""The one settings model: environment variables MODELYARD_*, mirrored by CLI flags."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_GPU_BUDGET_MB = 12288
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    models: Path = Field(Path("models.yaml"), description="The model registry file.")
+    budget_mb: int | None = Field(
+        None, ge=1, description="Memory budget in MiB (default: 12288 of GPU memory, or a share of RAM)."
+    )
+    api_keys: CommaList = Field(default_factory=list, description="Accepted bearer keys, comma-separated.")
+    insecure_no_auth: bool = Field(False, description="Allow a non-loopback bind without an API key.")
+    cors_origins: CommaList = Field(default_factory=list, description="Allowed CORS origins (off if empty).")
+    model_dirs: CommaList = Field(
+        default_factory=list,
+        description="Directories model files may live in (default: the registry's own directory "
+        "and the demo-model cache).",
+    )
+    cache_dir: Path = Field(
+        Path("~/.cache/modelyard").expanduser(), description="Where generated demo models are cached."
+    )
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Cap on a JSON request body.")
+    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Cap on a multipart upload.")
+    max_queue: int = Field(64, ge=0, description="Requests that may wait for a model before 503.")
+    queue_timeout_s: float = Field(300.0, gt=0, description="Longest a request waits for a model.")
+    load_timeout_s: float = Field(600.0, gt=0, description="Longest a model load may take.")
+    unload_timeout_s: float = Field(30.0, gt=0, description="Longest to wait for memory to read free.")
+    worker_overhead_mb: int | None = Field(
+        None, ge=0, description="Runtime cost of one worker process (default: 300 on GPU, 60 on CPU)."
+    )
+    shutdown_grace_s: float = Field(30.0, ge=0, description="How long in-flight requests may finish.")
+    log_level: str = Field("info", description="Log level.")
+
+    @field_validator("api_keys", "cors_origins", "model_dirs", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @property
+    def binds_loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

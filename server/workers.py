@@ -1,0 +1,244 @@
+"""Starting, talking to and stopping model worker processes (the server's end of backends.worker)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from server.errors import (
+    BackendError,
+    InvalidRequest,
+    ModelLoadFailed,
+    ModelyardError,
+    UnsupportedCapability,
+    WorkerCrashed,
+)
+
+log = logging.getLogger("modelyard.workers")
+
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_STREAM_LIMIT = 512 * 1024 * 1024  # one line may carry a base64 image
+_CANCELLED = object()
+
+
+class WorkerGone(Exception):
+    pass
+
+
+class Call:
+    """One request in flight on a worker: iterate for chunks; `final` holds the closing result."""
+
+    def __init__(self, worker: WorkerProcess, call_id: int):
+        self._worker = worker
+        self.id = call_id
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self.final: dict[str, Any] | None = None
+        self.done = False
+
+    def _deliver(self, message: Any) -> None:
+        self._queue.put_nowait(message)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self.done and self._queue.empty():
+            raise StopAsyncIteration
+        message = await self._queue.get()
+        if message is _CANCELLED:
+            raise StopAsyncIteration
+        if isinstance(message, ModelyardError):
+            self.done = True
+            raise message
+        if "c" in message:
+            return message["c"]
+        self.done = True
+        self._worker._calls.pop(self.id, None)
+        if "end" in message:
+            self.final = message["end"]
+            raise StopAsyncIteration
+        raise _map_error(message["err"], self._worker.label)
+
+    async def result(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        chunks = [chunk async for chunk in self]
+        return chunks, self.final or {}
+
+    def cancel(self) -> None:
+        """Tell the engine to stop and wake any reader; safe to call at any time, even twice.
+
+        Synchronous on purpose: it runs in `finally` blocks of cancelled tasks.
+        """
+        if self.done:
+            return
+        self.done = True
+        self._worker._calls.pop(self.id, None)
+        self._queue.put_nowait(_CANCELLED)
+        self._worker._send_nowait({"op": "cancel", "id": self.id})
+
+
+def _map_error(err: dict[str, Any], label: str) -> ModelyardError:
+    if err.get("kind") == "invalid":
+        kind = UnsupportedCapability if err.get("code") == "unsupported" else InvalidRequest
+        return kind(err["message"], param=err.get("param"), code=err.get("code"))
+    return BackendError(f"model {label} failed: {err.get('message')}")
+
+
+class WorkerProcess:
+    """A running worker: its pid, its own memory account, and calls multiplexed on one socket."""
+
+    def __init__(self, spec, process: asyncio.subprocess.Process, reader, writer):
+        self.spec = spec
+        self.process = process
+        self.pid = process.pid
+        self._reader = reader
+        self._writer = writer
+        self._calls: dict[int, Call] = {}
+        self._ids = itertools.count(1)
+        self._stats: dict[int, asyncio.Future] = {}
+        self.reported_mb = 0.0
+        self.exited = asyncio.Event()
+        self.stopping = False
+        self._on_exit: list[Callable[[WorkerProcess], None]] = []
+        self._pump: asyncio.Task | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.id}/{self.spec.backend}/pid={self.pid}"
+
+    def on_exit(self, callback: Callable[[WorkerProcess], None]) -> None:
+        self._on_exit.append(callback)
+
+    async def _handshake(self) -> None:
+        self._writer.write(json.dumps(self.spec.model_dump(mode="json")).encode() + b"\n")
+        await self._writer.drain()
+        line = await self._reader.readline()
+        if not line:
+            code = await self.process.wait()
+            raise ModelLoadFailed(f"model {self.spec.id} failed to load: the worker exited with code {code}")
+        message = json.loads(line)
+        if message.get("op") == "load_error":
+            await self.process.wait()
+            raise ModelLoadFailed(f"model {self.spec.id} failed to load: {message['message']}")
+        self.reported_mb = float(message.get("memory_mb", 0.0))
+        self._pump = asyncio.create_task(self._read_loop(), name=f"worker-{self.pid}")
+
+    async def _read_loop(self) -> None:
+        try:
+            while line := await self._reader.readline():
+                message = json.loads(line)
+                call_id = message.get("id")
+                if "stats" in message:
+                    future = self._stats.pop(call_id, None)
+                    if future and not future.done():
+                        future.set_result(message["stats"])
+                elif (call := self._calls.get(call_id)) is not None:
+                    call._deliver(message)
+        except (ConnectionError, ValueError) as exc:
+            log.warning("worker %s: broken channel: %s", self.label, exc)
+        finally:
+            await self._finish()
+
+    async def _finish(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        code = await self.process.wait()
+        if not self.stopping:
+            why = f"signal {-code}" if code < 0 else f"exit code {code}"
+            log.error("worker %s died (%s)", self.label, why)
+        error = WorkerCrashed(
+            f"the worker serving model {self.spec.id} stopped ({'unloaded' if self.stopping else 'crashed'}); "
+            "retry to start a fresh one"
+        )
+        for call in list(self._calls.values()):
+            call._deliver(error)
+        self._calls.clear()
+        for future in self._stats.values():
+            if not future.done():
+                future.set_exception(WorkerGone())
+        self.exited.set()
+        for callback in self._on_exit:
+            callback(self)
+
+    def _send_nowait(self, message: dict[str, Any]) -> None:
+        if not self.exited.is_set() and not self._writer.is_closing():
+            self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self.exited.is_set():
+            raise WorkerCrashed(f"the worker serving model {self.spec.id} is gone; retry to start a fresh one")
+        try:
+            self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            await self._writer.drain()
+        except ConnectionError:
+            raise WorkerCrashed(f"the worker serving model {self.spec.id} is gone") from None
+
+    async def call(self, method: str, params: dict[str, Any]) -> Call:
+        call = Call(self, next(self._ids))
+        self._calls[call.id] = call
+        await self._send({"op": "call", "id": call.id, "method": method, "params": params})
+        return call
+
+    async def stats(self, timeout: float = 1.0) -> dict[str, Any]:
+        call_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._stats[call_id] = future
+        await self._send({"op": "stats", "id": call_id})
+        return await asyncio.wait_for(future, timeout)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Ask politely, then kill; returns once the process is reaped."""
+        self.stopping = True
+        if not self.exited.is_set():
+            with contextlib.suppress(WorkerCrashed):
+                await self._send({"op": "stop"})
+            try:
+                await asyncio.wait_for(self.exited.wait(), grace_s)
+            except TimeoutError:
+                log.warning("worker %s ignored stop; killing it", self.label)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                await self.exited.wait()
+        self._writer.close()
+
+
+class WorkerFactory:
+    """Starts one worker process per model load."""
+
+    def __init__(self, python: str = sys.executable):
+        self.python = python
+
+    async def start(self, spec) -> WorkerProcess:
+        parent, child = socket.socketpair()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_PROJECT_ROOT),
+                                                                          os.environ.get("PYTHONPATH")]))}
+        env.setdefault("HF_HUB_OFFLINE", "1")  # runtime never reaches for the hub
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self.python, "-m", "backends.worker", "--fd", str(child.fileno()),
+                pass_fds=(child.fileno(),), start_new_session=True, env=env, stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=_STREAM_LIMIT)
+        worker = WorkerProcess(spec, process, reader, writer)
+        try:
+            await worker._handshake()
+        except BaseException:
+            # a failed or abandoned (timed out) load must not leave a process behind
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await asyncio.shield(process.wait())
+            writer.close()
+            raise
+        log.info("worker %s ready (reports %.0f MiB)", worker.label, worker.reported_mb)
+        return worker
