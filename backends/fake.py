@@ -30,6 +30,9 @@ class FakeAdapter:
         time.sleep(self.options.get("load_seconds", 0.0))
         if self.options.get("fail_load"):
             raise RuntimeError(self.options["fail_load"])
+        marker = self.options.get("fail_load_while_exists")
+        if marker and os.path.exists(marker):
+            raise RuntimeError(f"weights unreadable ({os.path.basename(marker)} present)")
         if self.options.get("allocate"):
             # Touch every page so the worker's resident memory is really this large.
             self._ballast = bytes(bytearray(b"\x01") * (self.options["memory_mb"] * 1024 * 1024))
@@ -77,6 +80,9 @@ class FakeAdapter:
                 time.sleep(3600)
             if latency:
                 time.sleep(latency)
+                if cancel:
+                    finish = "cancelled"
+                    break
             word = WORDS[(start + produced * 7) % len(WORDS)]
             produced += 1
             with self._lock:

@@ -134,6 +134,7 @@ class Arbiter:
         self._loading: str | None = None
         self._loading_since = 0.0
         self._waiting = 0
+        self._wanted: dict[str, int] = {}  # waiters per model: a model someone waits for is not idle
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._last_load_s = 1.0
@@ -171,6 +172,7 @@ class Arbiter:
             )
         started = self._clock()
         self._waiting += 1
+        self._wanted[spec.id] = self._wanted.get(spec.id, 0) + 1
         self._events.queue(self._waiting)
         try:
             # asyncio.timeout, not wait_for: a lease granted as the deadline hits is never lost
@@ -183,7 +185,11 @@ class Arbiter:
             ) from None
         finally:
             self._waiting -= 1
+            self._wanted[spec.id] -= 1
+            if not self._wanted[spec.id]:
+                del self._wanted[spec.id]
             self._events.queue(self._waiting)
+            self._notify()  # others may now plan around this model
 
     async def _wait_for(self, spec, keep_alive_s: float | None, started: float) -> Lease:
         while True:
@@ -232,10 +238,11 @@ class Arbiter:
                 id=r.id,
                 mb=r.mb,
                 busy=r.refcount > 0 or r.state in (State.LOADING, State.UNLOADING),
+                wanted=r.id in self._wanted,
                 pinned=r.spec.pinned,
                 keep_alive_s=placement.FOREVER if r.keep_alive_s < 0 else r.keep_alive_s,
                 last_used=r.last_used,
-                draining=r.state is State.DRAINING,
+                draining=r.state in (State.DRAINING, State.UNLOADING),  # its memory is on its way out
             )
             for r in self._residents.values()
         ]
@@ -262,12 +269,12 @@ class Arbiter:
         resident.keep_alive_s = keep_alive
         if resident.state is State.DRAINING:
             if resident.unload_when_idle or self._waiting:
-                self._spawn(self._unload(resident, "admin" if resident.unload_when_idle else "drained"))
+                self._evict_soon(resident, "admin" if resident.unload_when_idle else "drained")
                 return self._notify()
             resident.state = State.READY  # whoever wanted the room has gone
         if resident.state is State.READY and not resident.spec.pinned:
             if keep_alive == 0:
-                self._spawn(self._unload(resident, "keep_alive"))
+                self._evict_soon(resident, "keep_alive")
             elif keep_alive > 0:
                 resident.expires_at = self._clock() + keep_alive
                 resident._timer = asyncio.get_running_loop().call_later(keep_alive, self._expire, resident)
@@ -276,7 +283,7 @@ class Arbiter:
     def _expire(self, resident: Resident) -> None:
         resident._timer = None
         if resident.state is State.READY and resident.refcount == 0 and self._residents.get(resident.id) is resident:
-            self._spawn(self._unload(resident, "keep_alive"))
+            self._evict_soon(resident, "keep_alive")
 
     # ---- loading and unloading ----------------------------------------------------------------
 
@@ -336,12 +343,16 @@ class Arbiter:
             if over <= 0:
                 break
             victim = self._residents[view.id]
-            self._begin_unload(victim)
-            self._spawn(self._unload(victim, "over_budget"))
+            self._evict_soon(victim, "over_budget")
             over -= victim.mb
         if over > 0:
             log.error("%s measured above its estimate; %.0f MiB over budget with nothing idle to evict",
                       loaded, over)
+
+    def _evict_soon(self, resident: Resident, reason: str) -> None:
+        """Stop leases now (no await between this and the state change), unload in the background."""
+        self._begin_unload(resident)
+        self._spawn(self._unload(resident, reason))
 
     def _begin_unload(self, resident: Resident) -> None:
         resident.state = State.UNLOADING

@@ -14,7 +14,8 @@ class Resident:
 
     id: str
     mb: float
-    busy: bool = False  # holds leases, or is loading
+    busy: bool = False  # holds leases, or is loading/unloading
+    wanted: bool = False  # requests are waiting to lease it: neither idle nor a drain victim
     pinned: bool = False
     keep_alive_s: float = 300.0  # configured idle time; FOREVER for -1
     last_used: float = 0.0
@@ -55,7 +56,7 @@ def plan(need_mb: float, residents: list[Resident], budget_mb: float) -> Plan:
     if need_mb <= free:
         return Plan(Verdict.FITS)
     movable = [r for r in residents if not r.pinned]
-    idle = eviction_order([r for r in movable if not r.busy])
+    idle = eviction_order([r for r in movable if not r.busy and not r.wanted])
     evict: list[str] = []
     for resident in idle:
         if need_mb <= free:
@@ -68,7 +69,7 @@ def plan(need_mb: float, residents: list[Resident], budget_mb: float) -> Plan:
     already = sum(r.mb for r in movable if r.busy and r.draining)
     free += already
     drain: list[str] = []
-    for resident in eviction_order([r for r in movable if r.busy and not r.draining]):
+    for resident in eviction_order([r for r in movable if r.busy and not r.draining and not r.wanted]):
         if need_mb <= free:
             break
         drain.append(resident.id)

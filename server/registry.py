@@ -77,6 +77,7 @@ class FakeOptions(BaseModel):
     load_seconds: float = Field(0.0, ge=0, le=3600)
     token_latency_s: float = Field(0.0, ge=0, le=60)
     fail_load: str | None = None
+    fail_load_while_exists: str | None = Field(None, description="Fail to load while this file exists.")
     crash_after_tokens: int | None = Field(None, ge=0)
     hang_load: bool = False
     hang_generation: bool = False
