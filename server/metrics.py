@@ -44,6 +44,14 @@ class Metrics:
                               ["model"], registry=r)
         self.budget = Gauge("modelyard_memory_budget_bytes", "The arbiter's memory budget.", registry=r)
         self.used = Gauge("modelyard_memory_used_bytes", "Memory the arbiter has accounted.", registry=r)
+        self.images = Counter("modelyard_images_generated_total", "Images generated.", ["model"], registry=r)
+        self.image_duration = Histogram("modelyard_image_generation_duration_seconds", "Image request time.",
+                                        ["model"], buckets=_LATENCY, registry=r)
+        self.audio_seconds = Counter("modelyard_audio_seconds_transcribed_total", "Seconds of audio transcribed.",
+                                     ["model"], registry=r)
+        self.transcription_duration = Histogram("modelyard_transcription_duration_seconds",
+                                                "Transcription request time.", ["model"], buckets=_LATENCY,
+                                                registry=r)
         self.build = Info("modelyard_build", "Build information.", registry=r)
         self.build.info({"version": version})
         self._models: set[str] = set()
@@ -91,6 +99,14 @@ class Metrics:
             if completion > 1:
                 gap = (time.perf_counter() - generation.first_token_at) / (completion - 1)
                 self.inter_token.labels(model).observe(gap)
+
+    def observe_images(self, model: str, count: int, seconds: float) -> None:
+        self.images.labels(self.model(model)).inc(count)
+        self.image_duration.labels(self.model(model)).observe(seconds)
+
+    def observe_transcription(self, model: str, audio_seconds: float, seconds: float) -> None:
+        self.audio_seconds.labels(self.model(model)).inc(audio_seconds)
+        self.transcription_duration.labels(self.model(model)).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

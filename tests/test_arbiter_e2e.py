@@ -143,16 +143,15 @@ def test_model_larger_than_budget_is_400_and_evicts_nothing(served):
 
 def test_full_queue_gives_503_with_retry_after(served):
     models = [fake("slow", memory_mb=300, load_seconds=1.5)]
-    with served(models, max_queue=2) as s:
-        with ThreadPoolExecutor(2) as pool:
-            waiting = [pool.submit(chat, s.client(), "slow") for _ in range(2)]
-            s.wait_until(lambda: s.ps()["waiting"] == 2)
-            response = s.http.post("/v1/chat/completions", json={"model": "slow", "messages": HELLO})
-            assert response.status_code == 503
-            assert response.headers["retry-after"].isdigit() and int(response.headers["retry-after"]) >= 1
-            assert response.json()["error"]["code"] == "queue_full"
-            for future in waiting:
-                assert future.result(10).choices[0].message.content
+    with served(models, max_queue=2) as s, ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(chat, s.client(), "slow") for _ in range(2)]
+        s.wait_until(lambda: s.ps()["waiting"] == 2)
+        response = s.http.post("/v1/chat/completions", json={"model": "slow", "messages": HELLO})
+        assert response.status_code == 503
+        assert response.headers["retry-after"].isdigit() and int(response.headers["retry-after"]) >= 1
+        assert response.json()["error"]["code"] == "queue_full"
+        for future in waiting:
+            assert future.result(10).choices[0].message.content
 
 
 def test_load_error_reaches_caller_and_next_load_works(served, tmp_path):
