@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 serve: $(STAMP)
+	$(BIN)/python -m tinymodels
 	$(BIN)/python -m server serve
 
 test: $(STAMP)

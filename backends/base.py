@@ -43,25 +43,54 @@ class InvalidInput(Exception):
 
 
 @dataclass
-class ChatParams:
-    messages: list[dict[str, Any]]
-    max_tokens: int | None = None
+class SamplingParams:
+    """Shared by chat and completions. The route fills these from the OpenAI request."""
+
+    max_tokens: int | None = None  # None: up to the end of the context
     temperature: float = 1.0
     top_p: float = 1.0
-    seed: int | None = None
+    seed: int | None = None  # same seed, same prompt, same params -> same output
     stop: list[str] = field(default_factory=list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] = field(default_factory=dict)  # token id (as str) -> bias
+    # Constrained output, normalised by the route: None, {"type": "json_object"} or
+    # {"type": "json_schema", "schema": {...}}. Tool calls reach engines as a json_schema.
+    response_format: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
-class CompletionParams:
-    prompt: str
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
+class ChatParams(SamplingParams):
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: bool = False
+    top_logprobs: int = 0  # 0..20 alternatives per token when logprobs is on
+    tools: list[dict[str, Any]] | None = None  # for chat templates that render tools
+
+
+@dataclass
+class CompletionParams(SamplingParams):
+    prompt: str = ""
+    suffix: str | None = None  # fill-in-the-middle; InvalidInput if the model has no FIM tokens
+    echo: bool = False  # yield the prompt first (with its logprobs when asked)
+    logprobs: int | None = None  # legacy: number of top alternatives per token (0..5)
+
+
+@dataclass
+class EmbeddingParams:
+    inputs: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# The chunk and result shapes every text adapter produces (JSON-serialisable dicts):
+#   chat/complete chunk:  {"text": str, "logprobs": [TokenLogprob, ...]}  ("logprobs" only when asked)
+#       TokenLogprob:     {"token": str, "logprob": float, "bytes": [int], "text_offset": int,
+#                          "top_logprobs": [{"token": str, "logprob": float, "bytes": [int]}]}
+#   chat/complete final:  {"finish_reason": "stop" | "length" | "cancelled",
+#                          "usage": {"prompt_tokens": int, "completion_tokens": int}}
+#   embed:                yields nothing; final {"embeddings": [[float]], "usage": {"prompt_tokens": int}}
+# A prompt longer than the context raises InvalidInput(code="context_length_exceeded") before
+# generating anything. stats() includes {"tokens_generated": int} (tests assert on it).
 
 
 class Adapter(Protocol):
@@ -84,6 +113,11 @@ class ChatModel(Protocol):
 @runtime_checkable
 class CompletionModel(Protocol):
     def complete(self, params: CompletionParams, cancel: Cancel) -> Chunks: ...
+
+
+@runtime_checkable
+class EmbeddingModel(Protocol):
+    def embed(self, params: EmbeddingParams, cancel: Cancel) -> Chunks: ...
 
 
 class StopMatcher:

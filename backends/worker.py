@@ -31,13 +31,13 @@ import traceback
 from dataclasses import fields
 from typing import Any
 
-from backends.base import Cancel, ChatParams, CompletionParams, InvalidInput
+from backends.base import Cancel, ChatParams, CompletionParams, EmbeddingParams, InvalidInput
 
 ADAPTERS = {
     "fake": "backends.fake:FakeAdapter",
 }
 
-PARAMS = {"chat": ChatParams, "complete": CompletionParams}
+PARAMS = {"chat": ChatParams, "complete": CompletionParams, "embed": EmbeddingParams}
 
 log = logging.getLogger("modelyard.worker")
 
