@@ -21,15 +21,17 @@ class MemoryProbe:
     pids), the worker's own report stands in; the arbiter takes the larger of the two figures.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, nvml=None) -> None:
+        """`nvml` is the pynvml module (found automatically when installed); tests pass a fake."""
         self._nvml = None
         self._handle = None
         with contextlib.suppress(Exception):
-            import pynvml  # optional: the `gpu` extra
+            if nvml is None:
+                import pynvml as nvml  # optional: the `gpu` extra
 
-            pynvml.nvmlInit()
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            self._nvml = pynvml
+            nvml.nvmlInit()
+            self._handle = nvml.nvmlDeviceGetHandleByIndex(0)
+            self._nvml = nvml
 
     @property
     def gpu(self) -> bool:

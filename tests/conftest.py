@@ -88,6 +88,7 @@ def serve(tmp_path: Path, models: list[dict], **overrides) -> Iterator[Served]:
     settings = Settings(**{"models": registry, "port": free_port(), "worker_overhead_mb": 0, "budget_mb": 4096,
                            **overrides})
     app = create_app(settings)
+    others = {p.pid for p in worker_processes()}  # workers of servers started by other fixtures
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                            timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
@@ -104,7 +105,8 @@ def serve(tmp_path: Path, models: list[dict], **overrides) -> Iterator[Served]:
         served.http.close()
         server.should_exit = True
         thread.join(30)
-        leftovers = [p for p in worker_processes() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        leftovers = [p for p in worker_processes()
+                     if p.pid not in others and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert not leftovers, f"worker processes outlived the server: {leftovers}"
 
 
