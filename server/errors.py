@@ -110,6 +110,14 @@ class ShuttingDown(Unavailable):
     code = "shutting_down"
 
 
+class ClientDisconnected(ModelyardError):
+    """The client left before the answer; nobody reads this (nginx's 499, for the logs and metrics)."""
+
+    status = 499
+    type = "client_closed_request"
+    code = "client_closed_request"
+
+
 class ModelLoadFailed(ModelyardError):
     """The model's files or engine refused to load: the same request will fail the same way."""
 

@@ -292,3 +292,13 @@ def test_randomized_workload_stays_within_budget(served):
         assert s.arbiter.peak_mb <= budget
         print(f"\nrandomized: {outcomes.count('ok')} ok, {outcomes.count('503')} 503, loads={s.arbiter.loads}, "
               f"evictions={s.arbiter.evictions}, peak={s.arbiter.peak_mb} MiB of {budget}, samples={len(samples)}")
+
+
+def test_client_leaving_a_non_streamed_request_stops_generation(served):
+    with served([fake("a", token_latency_s=0.02)]) as s:
+        url = s.base_url + "/v1/chat/completions"
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url, json={"model": "a", "messages": HELLO, "max_tokens": 100_000}, timeout=0.5)
+        s.wait_until(lambda: s.resident("a", stats=True)["worker"]["active"] == 0, timeout=1.0)
+        assert s.resident("a")["refcount"] == 0
+        assert 'status="499"' in s.http.get("/metrics").text

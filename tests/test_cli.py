@@ -123,3 +123,31 @@ def test_sigterm_lets_inflight_streams_finish_and_stops_every_worker(server_proc
     assert len(contents) == 40  # the in-flight stream ran to its end (the first chunk was the role)
     assert received[-1].choices[0].finish_reason == "length"
     assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_default_registry_serves_the_openai_client(tmp_path):
+    """What `make serve` starts: the repository's models.yaml, demo models built first."""
+    import tinymodels
+
+    tinymodels.build_all()
+    port = free_port()
+    env = {**os.environ, "MODELYARD_PORT": str(port), "MODELYARD_LOG_LEVEL": "warning"}
+    process = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=env)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ids = [m.id for m in client.models.list()]
+                break
+            except openai.APIConnectionError:
+                assert time.monotonic() < deadline and process.poll() is None, "server did not start"
+                time.sleep(0.1)
+        assert "demo-chat" in ids
+        messages = [{"role": "user", "content": "hello"}]
+        assert client.chat.completions.create(model="demo-chat", messages=messages, max_tokens=4).choices
+        chunks = list(client.chat.completions.create(model="demo-chat", messages=messages, max_tokens=4, stream=True))
+        assert chunks[-1].choices[0].finish_reason == "length"
+    finally:
+        process.terminate()
+        process.wait(30)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from backends.capability import Capability
 from server.protocol import chat as wire
 from server.protocol.common import new_id, now, usage
-from server.routes.common import Generation, resolve, services, sse, sse_response
+from server.routes.common import Generation, resolve, services, sse, sse_response, until_disconnected
 
 router = APIRouter()
 
@@ -44,7 +44,7 @@ async def create_chat_completion(request: Request, body: wire.ChatCompletionRequ
     if body.stream:
         return sse_response(request, generation, _stream(body, generation, cid, created))
     try:
-        results = await generation.collect()
+        results = await until_disconnected(request, generation.collect())
     finally:
         generation.close()
     choices, prompt_tokens, completion_tokens = [], 0, 0

@@ -12,14 +12,10 @@ from fastapi import Request
 from starlette.responses import StreamingResponse
 
 from backends.capability import Capability
-from server.errors import ModelNotFound, ModelyardError, UnsupportedCapability, error_body
+from server.errors import ClientDisconnected, ModelNotFound, ModelyardError, UnsupportedCapability, error_body
 from server.workers import Call
 
 T = TypeVar("T")
-
-
-class ClientGone(Exception):
-    """The client disconnected before we had anything to send."""
 
 
 def services(request: Request):
@@ -54,7 +50,7 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
         await task  # let it unwind (and release what it held)
     except (asyncio.CancelledError, Exception):
         pass
-    raise ClientGone()
+    raise ClientDisconnected("the client closed the connection")
 
 
 async def _disconnected(request: Request) -> None:
