@@ -84,6 +84,9 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
         arbiter = Arbiter(budget, factory or WorkerFactory(), probe, **arbiter_kwargs)
         app.state.services = Services(settings, registry, arbiter, metrics, probe, int(time.time()))
         metrics.memory(0.0, budget, {})
+        for spec in registry:
+            if spec.pinned:  # a pinned model is meant to be ready before the first request
+                arbiter.preload(spec)
         log.info("modelyard %s: %d models, budget %d MiB (%s)", VERSION, len(registry), budget,
                  "GPU" if probe.gpu else "RAM")
         try:

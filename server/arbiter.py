@@ -390,6 +390,19 @@ class Arbiter:
 
         self._spawn(reap())
 
+    def preload(self, spec) -> None:
+        """Load in the background (pinned models at start-up); failures are logged, not raised."""
+
+        async def load() -> None:
+            try:
+                lease = await self.acquire(spec)
+            except Exception as exc:
+                log.warning("could not preload %s: %s", spec.id, getattr(exc, "message", exc))
+                return
+            lease.release()
+
+        self._spawn(load())
+
     async def unload(self, model_id: str) -> bool:
         """Admin unload: now if idle, else once its last lease ends. False if not resident."""
         resident = self._residents.get(model_id)

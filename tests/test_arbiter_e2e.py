@@ -121,9 +121,11 @@ def test_request_keep_alive_forever_overrides_model_default(served):
         assert resident is not None and resident["expires_in_s"] is None
 
 
-def test_pinned_model_is_never_evicted(served):
+def test_pinned_model_loads_at_start_and_is_never_evicted(served):
     models = [fake("pinned", memory_mb=500, spec_pinned=True), fake("a", memory_mb=400), fake("b", memory_mb=400)]
     with served(models, budget_mb=1000) as s:
+        s.wait_until(lambda: s.resident("pinned") is not None and s.resident("pinned")["state"] == "ready")
+        assert s.resident("pinned")["expires_in_s"] is None
         client = s.client()
         for name in ("pinned", "a", "b", "a"):
             chat(client, name)
