@@ -38,6 +38,8 @@ class Metrics:
                                          ["model"], registry=r)
         self.running = Gauge("modelyard_num_requests_running", "Requests being served.", registry=r)
         self.waiting = Gauge("modelyard_num_requests_waiting", "Requests waiting for a model.", registry=r)
+        # The queue's bound (--max-queue), so an alert can say "80% full" rather than guess a number.
+        self.queue_capacity = Gauge("modelyard_queue_capacity", "Requests that may wait before 503.", registry=r)
         self.loads = Counter("modelyard_model_loads_total", "Model loads.", ["model", "result"], registry=r)
         self.load_duration = Histogram("modelyard_model_load_duration_seconds", "Model load time.",
                                        ["model"], buckets=_LOAD, registry=r)

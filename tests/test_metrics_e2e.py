@@ -96,6 +96,7 @@ def test_idle_server_reports_nothing_running_or_waiting(workload):
     _, m = workload
     assert m.value("modelyard_num_requests_running") == 0
     assert m.value("modelyard_num_requests_waiting") == 0
+    assert m.value("modelyard_queue_capacity") == 64  # the default --max-queue
 
 
 def test_build_info_is_exported_without_created_series(workload):
