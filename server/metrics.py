@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics_core import Metric
 
 MIB = 1024 * 1024
+LOAD_RESULTS = ("success", "failure", "timeout")
+EVICTION_REASONS = ("capacity", "drained", "over_budget", "keep_alive", "admin", "crashed", "shutdown")
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _LOAD = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)  # up to the default load timeout
 _TOKEN_GAP = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -63,7 +65,17 @@ class Metrics:
         self._models: set[str] = set()
 
     def known_models(self, ids: list[str]) -> None:
+        """Fix the model label set, and start each model's event counters at 0.
+
+        A counter series born at 1 has no earlier sample, so increase()/rate() in alerts and
+        dashboards would miss a model's first load failure or eviction; born at 0 they see it.
+        """
         self._models = set(ids)
+        for model in self._models:
+            for result in LOAD_RESULTS:
+                self.loads.labels(model, result)
+            for reason in EVICTION_REASONS:
+                self.evictions.labels(model, reason)
 
     def model(self, name: str | None) -> str:
         return name if name in self._models else "unknown"

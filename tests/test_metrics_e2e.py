@@ -106,3 +106,10 @@ def test_build_info_is_exported_without_created_series(workload):
     assert labels["version"] == "0.1.0"
     assert m.value("modelyard_build_info", **labels) == 1
     assert not [name for name in m.names if name.endswith("_created")]
+
+
+def test_load_and_eviction_counters_start_at_zero_for_every_model(workload):
+    _, m = workload
+    assert m.value("modelyard_model_loads_total", model="b", result="failure") == 0
+    assert m.value("modelyard_model_evictions_total", model="b", reason="over_budget") == 0
+    assert m.value("modelyard_model_loads_total", model="a", result="timeout") == 0
