@@ -36,6 +36,8 @@ def workload(tmp_path_factory):
         chat(client, "once")
         with pytest.raises(openai.InternalServerError):
             chat(client, "broken")
+        assert s.http.get("/v1/no/such/route").status_code == 404
+        assert len(client.models.list().data) == 4
         s.wait_until(lambda: s.resident("once") is None)
         yield s, scrape(s)
 
@@ -46,6 +48,13 @@ def test_requests_are_counted_by_route_template_model_and_status(workload):
     assert m.value("modelyard_requests_total", endpoint=CHAT, model="unknown", status="404") == 1
     assert m.value("modelyard_requests_total", endpoint=CHAT, model="broken", status="500") == 1
     assert m.value("modelyard_request_duration_seconds_count", endpoint=CHAT) == 7
+
+
+def test_requests_outside_any_route_or_model_get_fixed_labels(workload):
+    _, m = workload
+    assert m.value("modelyard_requests_total", endpoint="other", model="none", status="404") == 1
+    assert m.value("modelyard_requests_total", endpoint="/v1/models", model="none", status="200") == 1
+    assert "/v1/no/such/route" not in m.text
 
 
 def test_a_model_name_the_registry_lacks_never_becomes_a_label(workload):
