@@ -11,9 +11,18 @@ export GPTQMODEL_CPU_WORKERS ?= 2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup serve test lint bench clean
+.PHONY: setup tools serve test lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) tools
+
+# The monitoring tests run a real Prometheus and promtool: Debian's package, installed once when
+# missing (CI runs as root). Its own service is stopped right away: each test starts a private one.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+tools:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus && \
+	  { $(SUDO) invoke-rc.d prometheus stop >/dev/null 2>&1 || true; }; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +34,7 @@ serve: $(STAMP)
 	$(BIN)/python -m tinymodels
 	$(BIN)/python -m server serve
 
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

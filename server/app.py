@@ -66,6 +66,7 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
     probe = probe or MemoryProbe()
     metrics = Metrics(VERSION)
     metrics.known_models([spec.id for spec in registry])
+    metrics.queue_capacity.set(settings.max_queue)
     budget = settings.budget_mb or default_budget_mb(probe)
     overhead = settings.worker_overhead_mb
     if overhead is None:

@@ -157,6 +157,7 @@ class Arbiter:
             raise ShuttingDown("the server is shutting down", retry_after_s=5)
         resident = self._residents.get(spec.id)
         if resident is not None and resident.state is State.READY:
+            self._events.waited(spec.id, 0.0)  # every lease is observed, so wait percentiles are honest
             return self._lease(resident, keep_alive_s, 0.0)
         need = self.estimate_mb(spec)
         if need > self.budget_mb:

@@ -6,12 +6,17 @@ Label values come from bounded sets: endpoints are route templates, models are r
 
 from __future__ import annotations
 
+import platform
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.metrics_core import Metric
 
 MIB = 1024 * 1024
+LOAD_RESULTS = ("success", "failure", "timeout")
+EVICTION_REASONS = ("capacity", "drained", "over_budget", "keep_alive", "admin", "crashed", "shutdown")
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_LOAD = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)  # up to the default load timeout
 _TOKEN_GAP = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
@@ -35,9 +40,11 @@ class Metrics:
                                          ["model"], registry=r)
         self.running = Gauge("modelyard_num_requests_running", "Requests being served.", registry=r)
         self.waiting = Gauge("modelyard_num_requests_waiting", "Requests waiting for a model.", registry=r)
+        # The queue's bound (--max-queue), so an alert can say "80% full" rather than guess a number.
+        self.queue_capacity = Gauge("modelyard_queue_capacity", "Requests that may wait before 503.", registry=r)
         self.loads = Counter("modelyard_model_loads_total", "Model loads.", ["model", "result"], registry=r)
         self.load_duration = Histogram("modelyard_model_load_duration_seconds", "Model load time.",
-                                       ["model"], buckets=_LATENCY, registry=r)
+                                       ["model"], buckets=_LOAD, registry=r)
         self.evictions = Counter("modelyard_model_evictions_total", "Models unloaded, by reason.",
                                  ["model", "reason"], registry=r)
         self.resident = Gauge("modelyard_model_resident_bytes", "Accounted memory per resident model.",
@@ -52,15 +59,30 @@ class Metrics:
         self.transcription_duration = Histogram("modelyard_transcription_duration_seconds",
                                                 "Transcription request time.", ["model"], buckets=_LATENCY,
                                                 registry=r)
+        # Info appends "_info": this exports modelyard_build_info{version,python} 1
         self.build = Info("modelyard_build", "Build information.", registry=r)
-        self.build.info({"version": version})
+        self.build.info({"version": version, "python": platform.python_version()})
         self._models: set[str] = set()
 
     def known_models(self, ids: list[str]) -> None:
+        """Fix the model label set, and start each model's event counters at 0.
+
+        A counter series born at 1 has no earlier sample, so increase()/rate() in alerts and
+        dashboards would miss a model's first load failure or eviction; born at 0 they see it.
+        """
         self._models = set(ids)
+        for model in self._models:
+            for result in LOAD_RESULTS:
+                self.loads.labels(model, result)
+            for reason in EVICTION_REASONS:
+                self.evictions.labels(model, reason)
 
     def model(self, name: str | None) -> str:
         return name if name in self._models else "unknown"
+
+    def request_model(self, name: str | None) -> str:
+        """A request's model label: "none" where the endpoint names no model (GET /v1/models)."""
+        return "none" if name is None else self.model(name)
 
     # ---- arbiter events ------------------------------------------------------------------------
 
@@ -86,7 +108,7 @@ class Metrics:
     # ---- requests ------------------------------------------------------------------------------
 
     def observe_request(self, endpoint: str, model: str | None, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, self.model(model), str(status)).inc()
+        self.requests.labels(endpoint, self.request_model(model), str(status)).inc()
         self.request_duration.labels(endpoint).observe(seconds)
 
     def observe_generation(self, request, generation) -> None:
@@ -109,4 +131,23 @@ class Metrics:
         self.transcription_duration.labels(self.model(model)).observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(_WithoutCreated(self.registry))
+
+
+class _WithoutCreated:
+    """The registry minus the `_created` series.
+
+    prometheus_client adds a `*_created` gauge per labelled counter and histogram; they double the
+    series count and no dashboard uses them. prometheus_client.disable_created_metrics() would drop
+    them too, but it flips a module-global flag for every registry in the process; filtering here
+    keeps the choice inside this app's exposition.
+    """
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+
+    def collect(self):
+        for family in self.registry.collect():
+            kept = Metric(family.name, family.documentation, family.type, family.unit)
+            kept.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield kept
