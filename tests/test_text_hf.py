@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import threading
 import time
 from pathlib import Path
@@ -23,8 +24,9 @@ import pytest
 from conftest import serve
 from pydantic import TypeAdapter
 
+from backends.capability import Capability
 from server.errors import InvalidRequest, UnsupportedCapability
-from server.registry import ModelSpec
+from server.registry import HfSpec, ModelSpec, load_registry
 from server.workers import WorkerFactory
 from tinymodels import DEFAULT_ROOT
 from tinymodels import hf as tiny_hf
@@ -166,9 +168,10 @@ def test_estimate_matches_the_loaded_footprint(app):
     assert spec.estimate_mb() >= worker["memory_mb"]
 
 
-def test_models_list_shows_chat_and_completion(app):
-    listed = {m.id: m for m in app.client().models.list().data}
-    assert app.model in listed
+def test_models_list_shows_chat_and_completion_and_the_context(app):
+    listed = {m["id"]: m for m in app.http.get("/v1/models").raise_for_status().json()["data"]}
+    assert listed[app.model]["capabilities"] == ["chat", "completion"]
+    assert listed[app.model]["max_model_len"] == 2048
 
 
 # ---- through a worker process directly --------------------------------------------------------
@@ -346,3 +349,62 @@ def test_model_without_fim_tokens_refuses_suffix_and_template_is_sandboxed(demo_
         assert worker.call("complete", prompt="def f():", max_tokens=2)[1]["usage"]["completion_tokens"] >= 1
     finally:
         worker.close()
+
+
+# ---- the registry side (no engine) ------------------------------------------------------------
+
+
+def test_default_registry_serves_the_demo_hf_models_from_the_cache(demo_root):
+    registry = load_registry(Path(__file__).resolve().parent.parent / "models.yaml")
+    paths = {spec.id: spec.path for spec in registry if spec.backend == "hf"}
+    assert paths == {"demo-hf": demo_root / "tiny-hf", "demo-bnb4": demo_root / "tiny-hf",
+                     "demo-bnb8": demo_root / "tiny-hf", "demo-gptq": demo_root / "tiny-gptq",
+                     "demo-embed-hf": demo_root / "tiny-embed-hf"}  # "~" expanded
+    assert registry.get("demo-gptq").quantization() == "gptq"  # from the checkpoint's config.json
+    assert registry.get("demo-embed-hf").capabilities == {Capability.EMBEDDING}
+    assert registry.get("demo-bnb4").capabilities == {Capability.CHAT, Capability.COMPLETION}
+
+
+def _fake_checkpoint(directory: Path) -> Path:
+    """A 7B Llama shape: config.json and a safetensors header (the estimate never reads the data)."""
+    layers, hidden, inter, vocab, kv_heads = 32, 4096, 11008, 32000, 32
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": hidden, "intermediate_size": inter,
+        "num_hidden_layers": layers, "num_attention_heads": 32, "num_key_value_heads": kv_heads,
+        "max_position_embeddings": 4096, "vocab_size": vocab, "torch_dtype": "float16"}))
+    shapes = {"model.embed_tokens.weight": [vocab, hidden], "lm_head.weight": [vocab, hidden],
+              "model.norm.weight": [hidden]}
+    for i in range(layers):
+        prefix = f"model.layers.{i}."
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            shapes[f"{prefix}self_attn.{name}.weight"] = [hidden, hidden]
+        for name, shape in (("gate_proj", [inter, hidden]), ("up_proj", [inter, hidden]),
+                            ("down_proj", [hidden, inter])):
+            shapes[f"{prefix}mlp.{name}.weight"] = shape
+        shapes[f"{prefix}input_layernorm.weight"] = [hidden]
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = 2 * math.prod(shape)
+        header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    (directory / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
+    return directory
+
+
+def test_estimate_scales_with_quantization_bits_and_context(tmp_path):
+    path = _fake_checkpoint(tmp_path / "llama-7b")
+
+    def spec(**options):
+        fields = {k: options.pop(k) for k in ("context_length",) if k in options}
+        return HfSpec(id="m", backend="hf", path=path, options={"device": "cuda", **options}, **fields)
+
+    fp16, q4, q8 = spec(), spec(quantization="4bit"), spec(quantization="8bit")
+    assert 12.5e9 < fp16.weight_bytes() < 13.6e9  # 6.7B parameters in fp16
+    assert 0.25 < q4.weight_bytes() / fp16.weight_bytes() < 0.35  # 4-bit linears, fp16 embeddings and head
+    assert 0.5 < q8.weight_bytes() / fp16.weight_bytes() < 0.6
+    assert fp16.kv_bytes() == 2 * 32 * 32 * 128 * 4096 * 2  # K and V, every layer, full context, fp16
+    assert spec(context_length=2048).kv_bytes() == fp16.kv_bytes() / 2
+    assert 3500 < q4.estimate_mb() < 6500  # what a 7B in 4-bit with a 4k context takes on a 12 GB card
+    assert spec(device="cpu").compute_dtype() == "float32"
