@@ -14,10 +14,12 @@ CPUs and bf16 is only fast with AMX; float32 is exact and the fastest CPU path f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +209,9 @@ class HfTextAdapter:
             raise InvalidInput("input must not be empty", param="input")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # Right padding keeps each text's positions as they would be alone (a causal LM numbers
+        # positions from the left edge); the attention mask then hides the padding from the mean.
+        self.tokenizer.padding_side = "right"
         vectors: list[list[float]] = []
         total = 0
         with self._acquire(cancel):
@@ -250,22 +255,16 @@ class HfTextAdapter:
         except TemplateError as exc:
             raise InvalidInput(f"the chat template refused these messages: {exc}", param="messages") from None
 
-    class _Held:
-        def __init__(self, lock: threading.Lock):
-            self.lock = lock
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc) -> None:
-            self.lock.release()
-
-    def _acquire(self, cancel: Cancel) -> _Held:
-        """Wait for the model, giving up if the client leaves meanwhile."""
+    @contextlib.contextmanager
+    def _acquire(self, cancel: Cancel) -> Iterator[None]:
+        """Hold the model for one request, giving up if the client leaves while waiting."""
         while not self._lock.acquire(timeout=0.05):
             if cancel:
                 raise InvalidInput("request cancelled while waiting for the model", code="cancelled")
-        return self._Held(self._lock)
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _check_context(self, prompt_len: int, param: str) -> None:
         if prompt_len >= self.context:

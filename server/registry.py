@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -135,21 +136,21 @@ def cuda_visible() -> bool:
 
 
 def safetensors_tensors(directory: Path) -> dict[str, tuple[str, int]]:
-    """name -> (dtype, element count) for every tensor in the directory's safetensors files."""
+    """name -> (dtype, element count) from the safetensors headers; an unreadable file counts as raw
+    bytes (the worker's load then reports what is wrong with it)."""
     tensors: dict[str, tuple[str, int]] = {}
     for file in sorted(directory.glob("*.safetensors")):
-        with file.open("rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            if length > 100 * MIB:
-                raise ValueError(f"{file}: safetensors header of {length} bytes is not plausible")
-            header = json.loads(fh.read(length))
-        for name, meta in header.items():
-            if name == "__metadata__":
-                continue
-            count = 1
-            for dim in meta["shape"]:
-                count *= int(dim)
-            tensors[name] = (meta["dtype"], count)
+        try:
+            with file.open("rb") as fh:
+                (length,) = struct.unpack("<Q", fh.read(8))
+                if length > 100 * MIB:
+                    raise ValueError("implausible header size")
+                header = json.loads(fh.read(length))
+            for name, meta in header.items():
+                if name != "__metadata__":
+                    tensors[name] = (meta["dtype"], math.prod(int(d) for d in meta["shape"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error):
+            tensors[f"{file.name}:unreadable"] = ("U8", file.stat().st_size if file.exists() else 0)
     return tensors
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import jsonschema
 import openai
 import pytest
-from conftest import serve
+from conftest import fake, serve
 from pydantic import TypeAdapter
 
 from backends.capability import Capability
@@ -172,6 +172,20 @@ def test_models_list_shows_chat_and_completion_and_the_context(app):
     listed = {m["id"]: m for m in app.http.get("/v1/models").raise_for_status().json()["data"]}
     assert listed[app.model]["capabilities"] == ["chat", "completion"]
     assert listed[app.model]["max_model_len"] == 2048
+
+
+def test_truncated_checkpoint_fails_clearly_while_other_models_serve(demo_root, tmp_path, served):
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_root / tiny_hf.LLM_DIR, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with served([{"id": "broken", "backend": "hf", "path": str(broken)}, fake("ok")]) as s:
+        with pytest.raises(openai.APIStatusError) as err:
+            s.client().chat.completions.create(model="broken", messages=HELLO, max_tokens=2)
+        assert err.value.code == "model_load_failed"
+        assert "SafetensorError" in err.value.message  # the engine's own reason reaches the client
+        assert s.client().chat.completions.create(model="ok", messages=HELLO, max_tokens=2).choices
+        assert s.resident("broken") is None
 
 
 # ---- through a worker process directly --------------------------------------------------------
