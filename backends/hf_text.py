@@ -15,6 +15,7 @@ CPUs and bf16 is only fast with AMX; float32 is exact and the fastest CPU path f
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -146,11 +147,17 @@ class HfTextAdapter:
         def raise_exception(message: str):
             raise TemplateError(message)
 
+        def tojson(value: Any, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:
+            # transformers' own filter: no HTML escaping (jinja2's built-in would turn < into \u003c)
+            return json.dumps(value, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
+
         # The sandbox refuses attribute access to internals: a template from a downloaded model
-        # must not reach Python objects (the llama-cpp-python CVE-2024-34359 class of bug).
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        # must not reach Python objects (the llama-cpp-python CVE-2024-34359 class of bug). The
+        # environment mirrors what transformers gives templates (loop controls, tojson, helpers).
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = tojson
         env.globals["raise_exception"] = raise_exception
-        env.globals["strftime_now"] = lambda fmt: __import__("datetime").datetime.now().strftime(fmt)
+        env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
         return env.from_string(source)
 
     def _fim_tokens(self) -> tuple[str, str, str] | None:

@@ -342,7 +342,7 @@ def test_encoder_model_serves_pooled_embeddings_only(demo_root):
         worker.close()
 
 
-def test_model_without_fim_tokens_refuses_suffix_and_template_is_sandboxed(demo_root, tmp_path):
+def test_model_without_fim_tokens_refuses_suffix_and_its_template_is_sandboxed(demo_root, tmp_path):
     copy = tmp_path / "no-fim"
     shutil.copytree(demo_root / tiny_hf.LLM_DIR, copy)
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -351,9 +351,17 @@ def test_model_without_fim_tokens_refuses_suffix_and_template_is_sandboxed(demo_
         for i, token in enumerate(("<fim_prefix>", "<fim_suffix>", "<fim_middle>")):
             text = text.replace(token, f"<unused_{i}>")
         path.write_text(text)
-    escape = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
-    worker = DirectWorker({"id": "nofim", "backend": "hf", "path": str(copy), "options": {"chat_template": escape}})
+    # With tools it renders them the way transformers' templates do (tojson, loop controls);
+    # without, it tries to climb out of the sandbox to Python's classes.
+    template = ("{% if tools %}{% for tool in tools %}{{ tool | tojson }}{% break %}{% endfor %}"
+                "{% else %}{{ messages.__class__.__mro__[1].__subclasses__() }}{% endif %}")
+    worker = DirectWorker({"id": "nofim", "backend": "hf", "path": str(copy), "options": {"chat_template": template}})
+    tool = {"type": "function", "function": {"name": "lookup", "description": "<find> & fetch " * 20}}
     try:
+        short = worker.call("chat", messages=HELLO, tools=[tool, tool], max_tokens=1)[1]["usage"]["prompt_tokens"]
+        tool["function"]["description"] *= 2
+        longer = worker.call("chat", messages=HELLO, tools=[tool], max_tokens=1)[1]["usage"]["prompt_tokens"]
+        assert longer > short > 40  # one tool rendered (break), as JSON
         with pytest.raises(InvalidRequest) as err:
             worker.call("complete", prompt="def f():", suffix="return 1", max_tokens=2)
         assert err.value.param == "suffix"
