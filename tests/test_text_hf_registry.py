@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 from conftest import fake
-from hf_support import HELLO, build_demo_models
+from hf_support import HELLO, build_demo_models, hf_entry
 
 from backends.capability import Capability
 from server.registry import HfSpec, load_registry
@@ -91,3 +91,17 @@ def test_estimate_scales_with_quantization_bits_and_context(tmp_path):
     assert spec(context_length=2048).kv_bytes() == fp16.kv_bytes() / 2
     assert 3500 < q4.estimate_mb() < 6500  # what a 7B in 4-bit with a 4k context takes on a 12 GB card
     assert spec(device="cpu").compute_dtype() == "float32"
+
+
+def test_two_hf_formats_over_the_budget_take_turns(demo_root, served):
+    # Measured on this machine kind, a CPU worker holds ~0.7 GiB (fp16 tiny model) and ~0.9 GiB (GPTQ,
+    # whose kernels import more): each fits 1400 MiB alone, the two together do not.
+    models = [hf_entry(demo_root, fmt) for fmt in ("fp16", "gptq")]
+    with served(models, budget_mb=1400) as s:
+        client = s.client()
+        for model in ("hf-fp16", "hf-gptq", "hf-fp16", "hf-gptq"):
+            reply = client.chat.completions.create(model=model, messages=HELLO, max_tokens=3, seed=1)
+            assert reply.usage.completion_tokens >= 1
+            s.wait_until(lambda model=model: [r["model"] for r in s.ps()["residents"]] == [model])
+        assert sum(s.ps()["evictions"].values()) == 3
+        assert s.ps()["loads"] == 4
