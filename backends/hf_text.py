@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import json
 import math
 import os
@@ -65,7 +66,7 @@ class HfTextAdapter:
         quant = "gptq" if (config.get("quantization_config") or {}).get("quant_method") == "gptq" \
             else self.options.get("quantization", "none")
         self.quantization = quant
-        self.dtype = self._dtype(config, quant)
+        self.dtype = self._dtype(config)
         self.causal = any(a.endswith(_CAUSAL_SUFFIXES) for a in config.get("architectures") or [])
         self.embedding = bool(self.options.get("embedding")) or not self.causal
         local = {"local_files_only": True, "trust_remote_code": False}
@@ -84,8 +85,6 @@ class HfTextAdapter:
         self.eos_ids = self._eos_ids()
         self.template = self._template()
         self.fim = self._fim_tokens()
-        import inspect
-
         accepted = inspect.signature(self.model.forward).parameters
         self._keep_arg = "logits_to_keep" in accepted
         # transformers 5.2x renamed past_key_values to cache (the old name warns)
@@ -104,7 +103,7 @@ class HfTextAdapter:
             raise RuntimeError("device: cuda was asked for but torch sees no CUDA device")
         return "cuda" if wanted == "cuda" or (wanted == "auto" and has_cuda) else "cpu"
 
-    def _dtype(self, config: dict[str, Any], quant: str) -> str:
+    def _dtype(self, config: dict[str, Any]) -> str:
         wanted = self.options.get("dtype", "auto")
         if wanted != "auto":
             return wanted
@@ -175,7 +174,10 @@ class HfTextAdapter:
         head_dim = getattr(cfg, "head_dim", None) or (getattr(cfg, "hidden_size", 0) // heads)
         layers = getattr(cfg, "num_hidden_layers", 0)
         kv = 2 * layers * kv_heads * head_dim * self.context * element if self.causal else 0
-        return (weights + kv) / (1024 * 1024)
+        own = weights + kv
+        if self.device == "cuda":  # what torch really holds, when NVML cannot see this process
+            own = max(own, self._torch.cuda.memory_reserved())
+        return own / (1024 * 1024)
 
     def stats(self) -> dict[str, Any]:
         return {"tokens_generated": self._tokens_generated, "requests": self._requests,
