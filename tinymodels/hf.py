@@ -40,7 +40,11 @@ def _atomic(target: Path, make: Callable[[Path], None]) -> None:
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         make(work)
-        os.replace(work, target)
+        try:
+            os.replace(work, target)
+        except OSError:
+            if not target.exists():  # else another process finished the same model first: keep theirs
+                raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
