@@ -7,6 +7,7 @@ is never used; a model already present is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -110,9 +111,11 @@ def _build_gptq(source: Path, out: Path) -> None:
         if ids.shape[1] < 64:
             ids = torch.randint(0, len(tokenizer), (1, 64), generator=generator)
         calib.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
-    model = GPTQModel.load(str(source), QuantizeConfig(bits=4, group_size=32))
-    model.quantize(calib)
-    model.save(str(out))
+    # gptqmodel writes per-layer logs under ./logs: keep them out of the caller's directory
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+        model = GPTQModel.load(str(source), QuantizeConfig(bits=4, group_size=32))
+        model.quantize(calib)
+        model.save(str(out))
     tokenizer.save_pretrained(out)
 
 
