@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import re
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -97,7 +101,165 @@ class FakeSpec(_Spec):
         return self.context_length or self.options.context_length
 
 
-ModelSpec = Annotated[FakeSpec, Field(discriminator="backend")]
+class HfOptions(BaseModel):
+    """A Hugging Face transformers directory (safetensors only, never remote code)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="auto: the checkpoint's dtype on a GPU, float32 on a CPU.")
+    quantization: Literal["none", "4bit", "8bit", "gptq"] = Field(
+        "none", description="bitsandbytes 4/8-bit at load; gptq is also detected from config.json.")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_compute_dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    double_quant: bool = Field(False, description="bitsandbytes nested quantization of the 4-bit scales.")
+    chat_template: str | None = Field(None, max_length=100_000, description="Overrides the tokenizer's template.")
+    embedding: bool = Field(False, description="Also serve pooled embeddings (mean over the last hidden state).")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+# Bytes per element of safetensors dtypes.
+_ST_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+             "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+# Context assumed for the KV estimate when models.yaml gives none: long-context models would
+# otherwise reserve many GiB of cache no local request will use.
+DEFAULT_HF_CONTEXT = 8192
+MIB = 1024 * 1024
+
+
+def cuda_visible() -> bool:
+    """Whether a CUDA device is likely visible, without importing torch."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidiactl")
+
+
+def safetensors_tensors(directory: Path) -> dict[str, tuple[str, int]]:
+    """name -> (dtype, element count) from the safetensors headers; an unreadable file counts as raw
+    bytes (the worker's load then reports what is wrong with it)."""
+    tensors: dict[str, tuple[str, int]] = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        try:
+            with file.open("rb") as fh:
+                (length,) = struct.unpack("<Q", fh.read(8))
+                if length > 100 * MIB:
+                    raise ValueError("implausible header size")
+                header = json.loads(fh.read(length))
+            for name, meta in header.items():
+                if name != "__metadata__":
+                    tensors[name] = (meta["dtype"], math.prod(int(d) for d in meta["shape"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error):
+            tensors[f"{file.name}:unreadable"] = ("U8", file.stat().st_size if file.exists() else 0)
+    return tensors
+
+
+class HfSpec(_Spec):
+    backend: Literal["hf"]
+    path: Path
+    options: HfOptions = HfOptions()
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:  # type: ignore[override]
+        """Chat and completion for a causal LM (plus embeddings when asked); an encoder embeds only."""
+        if not self.is_causal():
+            return frozenset({Capability.EMBEDDING})
+        extra = {Capability.EMBEDDING} if self.options.embedding else set()
+        return frozenset({Capability.CHAT, Capability.COMPLETION, *extra})
+
+    def files(self) -> Iterable[Path]:
+        return (self.path,)
+
+    def config(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / "config.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def quantization(self) -> str:
+        """none | 4bit | 8bit | gptq, with GPTQ recognised from the checkpoint's own config."""
+        method = (self.config().get("quantization_config") or {}).get("quant_method")
+        return "gptq" if method == "gptq" else self.options.quantization
+
+    def device(self) -> str:
+        if self.options.device != "auto":
+            return self.options.device
+        return "cuda" if cuda_visible() else "cpu"
+
+    def compute_dtype(self) -> str:
+        """The dtype unquantized weights and activations run in (see backends/hf_text.py)."""
+        if self.options.dtype != "auto":
+            return self.options.dtype
+        if self.device() == "cpu":
+            return "float32"
+        stored = self.config().get("torch_dtype") or self.config().get("dtype") or "float16"
+        return stored if stored in _DTYPE_BYTES else "float16"
+
+    def context_limit(self) -> int | None:
+        if self.context_length:
+            return self.context_length
+        config = self.config()
+        limit = config.get("max_position_embeddings") or config.get("n_positions") or DEFAULT_HF_CONTEXT
+        return min(int(limit), DEFAULT_HF_CONTEXT)
+
+    def estimate_mb(self) -> int:
+        slack = 64 * MIB  # allocator slack, tokenizer, Python objects
+        return int((self.weight_bytes() + self.kv_bytes() + self.activation_bytes() + slack) / MIB)
+
+    def _text_config(self) -> dict[str, Any]:
+        config = self.config()
+        return config.get("text_config") or config
+
+    def weight_bytes(self) -> float:
+        """Weights as they will sit in memory: file tensors at the compute dtype, scaled by quantization."""
+        element = _DTYPE_BYTES[self.compute_dtype()]
+        quant = self.quantization()
+        total = 0.0
+        for name, (dtype, count) in safetensors_tensors(self.path).items():
+            if dtype not in ("F16", "BF16", "F32", "F64"):
+                total += count * _ST_BYTES.get(dtype, 4)  # packed GPTQ weights and indices: as stored
+            elif quant in ("4bit", "8bit") and _quantizable(name, count):
+                # bitsandbytes: 4-bit is half a byte per weight plus a float32 absmax per 64 weights;
+                # 8-bit is a byte per weight plus a float32 scale per row (rounded up).
+                total += count * (0.5 + 4 / 64) if quant == "4bit" else count * 1.02
+            elif quant == "gptq" and name.endswith(".scales"):
+                total += count * 2  # GPTQ scales stay float16
+            else:
+                total += count * element
+        return total
+
+    def kv_bytes(self) -> float:
+        """A full-context KV cache for one sequence (requests are served one at a time)."""
+        if not self.is_causal():
+            return 0.0
+        text = self._text_config()
+        layers = int(text.get("num_hidden_layers") or text.get("n_layer") or 0)
+        heads = int(text.get("num_attention_heads") or text.get("n_head") or 1)
+        kv_heads = int(text.get("num_key_value_heads") or heads)
+        head_dim = int(text.get("head_dim") or (int(text.get("hidden_size") or 0) // heads))
+        return 2.0 * layers * kv_heads * head_dim * (self.context_limit() or DEFAULT_HF_CONTEXT) \
+            * _DTYPE_BYTES[self.compute_dtype()]
+
+    def activation_bytes(self) -> float:
+        """One full-context prefill's hidden states plus a few float32 rows of logits."""
+        text = self._text_config()
+        hidden = int(text.get("hidden_size") or text.get("n_embd") or 0)
+        intermediate = int(text.get("intermediate_size") or 4 * hidden)
+        context = self.context_limit() or DEFAULT_HF_CONTEXT
+        element = _DTYPE_BYTES[self.compute_dtype()]
+        return context * (4 * hidden + 2 * intermediate) * element + int(text.get("vocab_size") or 0) * 4 * 4
+
+    def is_causal(self) -> bool:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in self.config().get("architectures") or [])
+
+
+def _quantizable(name: str, count: int) -> bool:
+    """bitsandbytes replaces Linear layers, except the output head; embeddings and norms stay."""
+    return (name.endswith(".weight") and count >= 4096 and "embed" not in name and "lm_head" not in name
+            and "norm" not in name and "wte" not in name and "wpe" not in name)
+
+
+ModelSpec = Annotated[FakeSpec | HfSpec, Field(discriminator="backend")]
 _SPEC_ADAPTER: TypeAdapter = TypeAdapter(ModelSpec)
 
 
