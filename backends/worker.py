@@ -31,13 +31,24 @@ import traceback
 from dataclasses import fields
 from typing import Any
 
-from backends.base import Cancel, ChatParams, CompletionParams, EmbeddingParams, InvalidInput
+from backends.base import (
+    Cancel,
+    ChatParams,
+    CompletionParams,
+    EmbeddingParams,
+    ImageParams,
+    InvalidInput,
+    TranscriptionParams,
+)
 
 ADAPTERS = {
     "fake": "backends.fake:FakeAdapter",
+    "diffusers": "backends.diffusion:DiffusionAdapter",
+    "faster-whisper": "backends.whisper:WhisperAdapter",
 }
 
-PARAMS = {"chat": ChatParams, "complete": CompletionParams, "embed": EmbeddingParams}
+PARAMS = {"chat": ChatParams, "complete": CompletionParams, "embed": EmbeddingParams,
+          "generate_image": ImageParams, "transcribe": TranscriptionParams}
 
 log = logging.getLogger("modelyard.worker")
 

@@ -1,7 +1,155 @@
-"""Tiny image and speech models: a Stable Diffusion pipeline and a Whisper model."""
+"""Tiny image and speech models: a Stable Diffusion pipeline and a faster-whisper (CTranslate2) Whisper.
 
+Random weights in the real formats: `tiny-sd` is a diffusers directory (safetensors) that
+StableDiffusionPipeline.from_pretrained loads; `tiny-whisper` is a CTranslate2 directory converted
+from a tiny transformers Whisper with Whisper's own multilingual token layout (51865 ids), so
+language detection, the translate task and word timestamps all take their real code paths.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+# Whisper v2's language tokens, in id order from 50259 (the order is part of the format).
+WHISPER_LANGUAGES = ["en", "zh", "de", "es", "ru", "ko", "fr", "ja", "pt", "tr", "pl", "ca", "nl", "ar", "sv", "it", "id", "hi", "fi", "vi", "he", "uk", "el", "ms", "cs", "ro", "da", "hu", "ta", "no", "th", "ur", "hr", "bg", "lt", "la", "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn", "sr", "az", "sl", "kn", "et", "mk", "br", "eu", "is", "hy", "ne", "mn", "bs", "kk", "sq", "sw", "gl", "mr", "pa", "si", "km", "sn", "yo", "so", "af", "oc", "ka", "be", "tg", "sd", "gu", "am", "yi", "lo", "uz", "fo", "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl", "mg", "as", "tt", "haw", "ln", "ha", "ba", "jw", "su"]
+_TEXT_VOCAB = 50257  # GPT-2 byte-level ids 0..50256, then the specials
+_MULTILINGUAL_VOCAB = 51865  # CTranslate2 treats >= 51865 ids as multilingual
 
 
 def build(root: Path) -> None:
-    """Filled in by the images-and-speech work (issue 4)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    _atomic(root / "tiny-sd", build_sd)
+    _atomic(root / "tiny-whisper", build_whisper)
+
+
+def _atomic(target: Path, builder: Callable[[Path], None]) -> None:
+    """Build into a sibling temp dir, then rename: a half-built model is never seen at `target`."""
+    if target.is_dir():
+        return
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        builder(staging / "model")
+        try:
+            (staging / "model").rename(target)
+        except OSError:
+            if not target.is_dir():  # someone else finishing first is fine; anything else is not
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---- Stable Diffusion ------------------------------------------------------------------------
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's printable stand-ins for the 256 bytes (what byte-level BPE vocabularies contain)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in chars]
+
+
+def build_sd(out: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    out.mkdir(parents=True)
+    vocab_dir = out.parent / "clip-vocab"
+    vocab_dir.mkdir()
+    symbols = _byte_symbols()
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": 256 + i for i, s in enumerate(symbols)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (vocab_dir / "vocab.json").write_text(json.dumps(vocab))
+    (vocab_dir / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), model_max_length=77)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=77, vocab_size=len(vocab), bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"], projection_dim=16))
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=16,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=2)
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4, sample_size=32)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=DDIMScheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+# ---- Whisper (faster-whisper / CTranslate2) ----------------------------------------------------
+
+
+def whisper_specials() -> list[str]:
+    return ["<|endoftext|>", "<|startoftranscript|>", *(f"<|{code}|>" for code in WHISPER_LANGUAGES),
+            "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>",
+            "<|notimestamps|>"]
+
+
+def _whisper_tokenizer():
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    symbols = _byte_symbols()
+    vocab = {s: i for i, s in enumerate(symbols)}
+    # Filler entries stand where GPT-2's merged tokens sit, so the specials get Whisper's real ids.
+    vocab.update({f"<filler{i}>": i for i in range(256, _TEXT_VOCAB)})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True) for t in whisper_specials()])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def build_whisper(out: Path) -> None:
+    import torch
+    from ctranslate2.converters import TransformersConverter
+    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    tokenizer = _whisper_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in whisper_specials()}
+    assert ids["<|notimestamps|>"] == 50363, ids["<|notimestamps|>"]
+    config = WhisperConfig(
+        vocab_size=_MULTILINGUAL_VOCAB, num_mel_bins=80, d_model=64, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        max_source_positions=1500, max_target_positions=448, pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
+        decoder_start_token_id=ids["<|startoftranscript|>"])
+    model = WhisperForConditionalGeneration(config)
+    generation = GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"], bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"], max_length=448,
+        no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=True,
+        lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in WHISPER_LANGUAGES},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        suppress_tokens=[], begin_suppress_tokens=[220, ids["<|endoftext|>"]],
+        alignment_heads=[[0, 0], [0, 1]])
+    model.generation_config = generation
+    hf_dir = out.parent / "hf"
+    model.save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(hf_dir)
+    TransformersConverter(str(hf_dir), copy_files=["tokenizer.json", "preprocessor_config.json"]).convert(
+        str(out), quantization="float16")
+    # CTranslate2 4.8 treats a Whisper vocabulary as multilingual only when it holds an empty-string
+    # token (found by experiment); id 50256 is one of our fillers, so it becomes that token.
+    vocabulary = json.loads((out / "vocabulary.json").read_text())
+    vocabulary[_TEXT_VOCAB - 1] = ""
+    (out / "vocabulary.json").write_text(json.dumps(vocabulary))
