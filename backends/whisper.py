@@ -78,7 +78,7 @@ class WhisperAdapter:
             for segment in segments:  # a lazy generator: each window is decoded as we iterate
                 if cancel:
                     break
-                out.append(_segment(len(out), segment, params.word_timestamps))
+                out.append(_segment(len(out), segment, params.word_timestamps, info.duration))
             self._segments += len(out)
         self._requests += 1
         self._seconds += info.duration
@@ -95,12 +95,17 @@ class WhisperAdapter:
         yield  # a generator like every capability method; transcription has no partial chunks
 
 
-def _segment(index: int, segment, with_words: bool) -> dict[str, Any]:
+def _clip(seconds: float, duration: float) -> float:
+    # The last window is padded to 30 s and timestamps may point into the padding; the audio ends first.
+    return round(min(max(float(seconds), 0.0), duration), 3)
+
+
+def _segment(index: int, segment, with_words: bool, duration: float) -> dict[str, Any]:
     item = {
         "id": index,
         "seek": int(segment.seek),
-        "start": round(float(segment.start), 3),
-        "end": round(float(segment.end), 3),
+        "start": _clip(segment.start, duration),
+        "end": _clip(segment.end, duration),
         "text": segment.text,
         "tokens": [int(t) for t in segment.tokens],
         "temperature": float(segment.temperature or 0.0),
@@ -109,6 +114,6 @@ def _segment(index: int, segment, with_words: bool) -> dict[str, Any]:
         "no_speech_prob": float(segment.no_speech_prob),
     }
     if with_words:
-        item["words"] = [{"word": w.word, "start": round(float(w.start), 3), "end": round(float(w.end), 3),
+        item["words"] = [{"word": w.word, "start": _clip(w.start, duration), "end": _clip(w.end, duration),
                           "probability": float(w.probability)} for w in (segment.words or [])]
     return item
