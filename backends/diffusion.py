@@ -43,8 +43,10 @@ class DiffusionAdapter:
     def _load(self, path: Path):
         import diffusers
 
+        diffusers.utils.logging.disable_progress_bar()  # worker logs are for people, not progress bars
+
         kind = self.options.get("pipeline", "auto")
-        kwargs: dict[str, Any] = {"torch_dtype": self.dtype, "use_safetensors": True}
+        kwargs: dict[str, Any] = {"dtype": self.dtype, "use_safetensors": True}
         if path.is_file():
             if path.suffix != ".safetensors":
                 raise RuntimeError(f"{path.name}: only .safetensors checkpoints are loaded")
