@@ -30,7 +30,9 @@ def sd_spec(root, model_id="sd", **options) -> dict:
 @pytest.fixture(scope="module")
 def s(demo_root, tmp_path_factory):
     # "cold" is never used successfully: requests refused before any model is touched name it.
-    models = [sd_spec(demo_root), sd_spec(demo_root, "cold"), {"id": "chat", "backend": "fake"}]
+    models = [sd_spec(demo_root), sd_spec(demo_root, "cold"), {"id": "chat", "backend": "fake"},
+              sd_spec(demo_root, "euler", scheduler="EulerDiscreteScheduler"),
+              sd_spec(demo_root, "guarded", safety_checker=True)]
     with serve(tmp_path_factory.mktemp("images"), models, image_ttl_s=2.0) as served:
         yield served
 
@@ -142,3 +144,18 @@ def _settled(s, before):
 def test_image_metrics_are_counted(s):
     text = s.http.get("/metrics").text
     assert 'modelyard_images_generated_total{model="sd"}' in text
+
+
+def test_a_configured_scheduler_is_used(s):
+    result = s.client().images.generate(model="euler", prompt="fox", response_format="b64_json",
+                                        extra_body={"steps": 3})
+    assert png_of(base64.b64decode(result.data[0].b64_json)).size == (32, 32)
+    assert s.resident("euler", stats=True)["worker"]["steps_run"] == 3
+
+
+def test_safety_checker_on_without_one_in_the_pipeline_fails_the_load_clearly(s):
+    response = s.http.post("/v1/images/generations", json={"model": "guarded", "prompt": "fox"})
+    assert response.status_code == 500
+    assert response.headers["x-should-retry"] == "false"
+    assert "safety checker" in response.json()["error"]["message"]
+    assert s.resident("guarded") is None
