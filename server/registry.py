@@ -231,7 +231,8 @@ class DiffusionSpec(_Spec):
         """Peak UNet/VAE activations for one image: ~1.5 GiB at 512x512 fp16 for SD-1.5's 320-wide UNet,
         scaled by pixels, dtype width and the UNet's first block width (read from its config.json)."""
         width = 320
-        config = self.path / "unet" / "config.json" if self.path.is_dir() else None
+        pipeline_dir = self.path if self.path.is_dir() else self.options.config
+        config = pipeline_dir / "unet" / "config.json" if pipeline_dir else None
         if config is not None and config.is_file():
             with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
                 width = int(json.loads(config.read_text())["block_out_channels"][0])

@@ -32,7 +32,9 @@ def s(demo_root, tmp_path_factory):
     # "cold" is never used successfully: requests refused before any model is touched name it.
     models = [sd_spec(demo_root), sd_spec(demo_root, "cold"), {"id": "chat", "backend": "fake"},
               sd_spec(demo_root, "euler", scheduler="EulerDiscreteScheduler"),
-              sd_spec(demo_root, "guarded", safety_checker=True)]
+              sd_spec(demo_root, "guarded", safety_checker=True),
+              {**sd_spec(demo_root, "single", pipeline="sd", config=str(demo_root / "tiny-sd")),
+               "path": str(demo_root / "tiny-sd.safetensors")}]
     with serve(tmp_path_factory.mktemp("images"), models, image_ttl_s=2.0) as served:
         yield served
 
@@ -159,3 +161,12 @@ def test_safety_checker_on_without_one_in_the_pipeline_fails_the_load_clearly(s)
     assert response.headers["x-should-retry"] == "false"
     assert "safety checker" in response.json()["error"]["message"]
     assert s.resident("guarded") is None
+
+
+def test_a_single_file_checkpoint_gives_the_same_images_as_its_diffusers_directory(s):
+    # tiny-sd.safetensors holds tiny-sd's weights in the original (LDM) layout.
+    def image(model):
+        return s.client().images.generate(model=model, prompt="fox", response_format="b64_json",
+                                          extra_body={"seed": 3}).data[0].b64_json
+
+    assert image("single") == image("sd")

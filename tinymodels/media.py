@@ -9,6 +9,7 @@ language detection, the translate task and word timestamps all take their real c
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -25,6 +26,8 @@ def build(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     _atomic(root / "tiny-sd", build_sd)
     _atomic(root / "tiny-whisper", build_whisper)
+    if not (root / "tiny-sd.safetensors").is_file():  # the same weights as one original-layout checkpoint
+        build_sd_single_file(root / "tiny-sd", root / "tiny-sd.safetensors")
 
 
 def _atomic(target: Path, builder: Callable[[Path], None]) -> None:
@@ -153,3 +156,92 @@ def build_whisper(out: Path) -> None:
     vocabulary = json.loads((out / "vocabulary.json").read_text())
     vocabulary[_TEXT_VOCAB - 1] = ""
     (out / "vocabulary.json").write_text(json.dumps(vocabulary))
+
+
+# ---- Stable Diffusion as one original-layout (LDM) .safetensors checkpoint ----------------------
+
+
+def _unet_to_ldm(key: str, layers: int, up_has_attention: dict[int, bool]) -> str:
+    """One diffusers UNet key -> its name in an original SD checkpoint (inverse of diffusers' converter)."""
+    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    for new, old in fixed.items():
+        if key.startswith(new + "."):
+            return old + key[len(new):]
+    resnet = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
+              ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
+    parts = key.split(".")
+    if parts[0] == "mid_block":
+        index = int(parts[2]) * 2 + (1 if parts[1] == "attentions" else 0)
+        rest = ".".join(parts[3:])
+        if parts[1] == "resnets":
+            for new, old in resnet:
+                rest = rest.replace(new, old)
+        return f"middle_block.{index}.{rest}"
+    block = int(parts[1])
+    if parts[0] == "down_blocks":
+        if parts[2] == "downsamplers":
+            return f"input_blocks.{1 + block * (layers + 1) + layers}.0.op.{parts[-1]}"
+        where = f"input_blocks.{1 + block * (layers + 1) + int(parts[3])}"
+    else:
+        if parts[2] == "upsamplers":
+            slot = 2 if up_has_attention.get(block) else 1
+            return f"output_blocks.{block * (layers + 1) + layers}.{slot}.conv.{parts[-1]}"
+        where = f"output_blocks.{block * (layers + 1) + int(parts[3])}"
+    rest = ".".join(parts[4:])
+    if parts[2] == "resnets":
+        for new, old in resnet:
+            rest = rest.replace(new, old)
+        return f"{where}.0.{rest}"
+    return f"{where}.1.{rest}"
+
+
+def _vae_to_ldm(key: str, up_blocks: int) -> str:
+    fixed = {"conv_norm_out": "norm_out"}
+    parts = key.split(".")
+    coder = parts[0]
+    if coder in ("quant_conv", "post_quant_conv"):
+        return key
+    if parts[1] in ("conv_in", "conv_out"):
+        return key
+    if parts[1] in fixed:
+        return f"{coder}.{fixed[parts[1]]}.{'.'.join(parts[2:])}"
+    if parts[1] == "mid_block":
+        if parts[2] == "resnets":
+            rest = ".".join(parts[4:]).replace("conv_shortcut", "nin_shortcut")
+            return f"{coder}.mid.block_{int(parts[3]) + 1}.{rest}"
+        rest = ".".join(parts[4:])
+        for new, old in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
+            rest = rest.replace(new, old)
+        return f"{coder}.mid.attn_1.{rest}"
+    block = int(parts[2])
+    if coder == "decoder":
+        block = up_blocks - 1 - block
+    name = "down" if coder == "encoder" else "up"
+    if parts[3] in ("downsamplers", "upsamplers"):
+        return f"{coder}.{name}.{block}.{'downsample' if coder == 'encoder' else 'upsample'}.conv.{parts[-1]}"
+    rest = ".".join(parts[5:]).replace("conv_shortcut", "nin_shortcut")
+    return f"{coder}.{name}.{block}.block.{parts[4]}.{rest}"
+
+
+def build_sd_single_file(pipeline_dir: Path, out: Path) -> None:
+    """Write a diffusers SD 1.x directory as one original-layout checkpoint (what civitai-style files are)."""
+    from safetensors.torch import load_file, save_file
+
+    pipeline_dir = Path(pipeline_dir)
+    unet_config = json.loads((pipeline_dir / "unet" / "config.json").read_text())
+    vae_config = json.loads((pipeline_dir / "vae" / "config.json").read_text())
+    layers = unet_config["layers_per_block"]
+    up_has_attention = {i: "CrossAttn" in t for i, t in enumerate(unet_config["up_block_types"])}
+    tensors = {}
+    for key, value in load_file(pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors").items():
+        tensors["model.diffusion_model." + _unet_to_ldm(key, layers, up_has_attention)] = value
+    for key, value in load_file(pipeline_dir / "vae" / "diffusion_pytorch_model.safetensors").items():
+        tensors["first_stage_model." + _vae_to_ldm(key, len(vae_config["up_block_types"]))] = value
+    for key, value in load_file(pipeline_dir / "text_encoder" / "model.safetensors").items():
+        # Original checkpoints hold the CLIP text model under its transformers name, "text_model.*".
+        name = key if key.startswith("text_model.") else "text_model." + key
+        tensors["cond_stage_model.transformer." + name] = value
+    staging = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, staging)
+    staging.rename(out)
