@@ -34,7 +34,8 @@ def s(demo_root, tmp_path_factory):
               sd_spec(demo_root, "euler", scheduler="EulerDiscreteScheduler"),
               sd_spec(demo_root, "guarded", safety_checker=True),
               {**sd_spec(demo_root, "single", pipeline="sd", config=str(demo_root / "tiny-sd")),
-               "path": str(demo_root / "tiny-sd.safetensors")}]
+               "path": str(demo_root / "tiny-sd.safetensors")},
+              {**sd_spec(demo_root, "xl"), "path": str(demo_root / "tiny-sdxl")}]
     with serve(tmp_path_factory.mktemp("images"), models, image_ttl_s=2.0) as served:
         yield served
 
@@ -170,3 +171,9 @@ def test_a_single_file_checkpoint_gives_the_same_images_as_its_diffusers_directo
                                           extra_body={"seed": 3}).data[0].b64_json
 
     assert image("single") == image("sd")
+
+
+def test_an_sdxl_pipeline_is_found_from_its_model_index_and_serves(s):
+    result = s.client().images.generate(model="xl", prompt="fox", size="48x32", response_format="b64_json")
+    assert png_of(base64.b64decode(result.data[0].b64_json)).size == (48, 32)
+    assert s.resident("xl", stats=True)["worker"]["images_generated"] == 1

@@ -1,7 +1,8 @@
 """Tiny image and speech models: a Stable Diffusion pipeline and a faster-whisper (CTranslate2) Whisper.
 
 Random weights in the real formats: `tiny-sd` is a diffusers directory (safetensors) that
-StableDiffusionPipeline.from_pretrained loads; `tiny-whisper` is a CTranslate2 directory converted
+StableDiffusionPipeline.from_pretrained loads, `tiny-sd.safetensors` the same weights as one
+original-layout checkpoint (from_single_file), `tiny-sdxl` an SDXL-layout pipeline; `tiny-whisper` is a CTranslate2 directory converted
 from a tiny transformers Whisper with Whisper's own multilingual token layout (51865 ids), so
 language detection, the translate task and word timestamps all take their real code paths.
 """
@@ -25,6 +26,7 @@ def build(root: Path) -> None:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     _atomic(root / "tiny-sd", build_sd)
+    _atomic(root / "tiny-sdxl", build_sdxl)
     _atomic(root / "tiny-whisper", build_whisper)
     if not (root / "tiny-sd.safetensors").is_file():  # the same weights as one original-layout checkpoint
         build_sd_single_file(root / "tiny-sd", root / "tiny-sd.safetensors")
@@ -61,37 +63,74 @@ def _byte_symbols() -> list[str]:
     return [chr(c) for c in chars]
 
 
-def build_sd(out: Path) -> None:
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def _clip_parts(work: Path):
+    """A byte-level CLIP tokenizer and a text-encoder config factory (one tiny CLIP for SD and SDXL)."""
+    from transformers import CLIPTextConfig, CLIPTokenizer
 
-    torch.manual_seed(0)
-    out.mkdir(parents=True)
-    vocab_dir = out.parent / "clip-vocab"
-    vocab_dir.mkdir()
+    work.mkdir()
     symbols = _byte_symbols()
     vocab = {s: i for i, s in enumerate(symbols)}
     vocab.update({s + "</w>": 256 + i for i, s in enumerate(symbols)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    (vocab_dir / "vocab.json").write_text(json.dumps(vocab))
-    (vocab_dir / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), model_max_length=77)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=77, vocab_size=len(vocab), bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"], projection_dim=16))
+    (work / "vocab.json").write_text(json.dumps(vocab))
+    (work / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(work / "vocab.json"), str(work / "merges.txt"), model_max_length=77)
+
+    def config() -> CLIPTextConfig:
+        return CLIPTextConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              max_position_embeddings=77, vocab_size=len(vocab),
+                              bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                              projection_dim=16)
+
+    return tokenizer, config
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
+                         up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4,
+                         sample_size=32)
+
+
+def build_sd(out: Path) -> None:
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    out.mkdir(parents=True)
+    tokenizer, text_config = _clip_parts(out.parent / "clip-vocab")
     unet = UNet2DConditionModel(
         block_out_channels=(8, 16), layers_per_block=1, sample_size=16,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=16, norm_num_groups=4, attention_head_dim=2)
-    vae = AutoencoderKL(
-        block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4, sample_size=32)
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=DDIMScheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        vae=_tiny_vae(), text_encoder=CLIPTextModel(text_config()), tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+def build_sdxl(out: Path) -> None:
+    """SDXL's layout: two text encoders (the second with a projection) and size/crop conditioning."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    out.mkdir(parents=True)
+    tokenizer, text_config = _clip_parts(out.parent / "clip-vocab")
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=16,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=4, attention_head_dim=2, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 * 6 + 16)
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(), text_encoder=CLIPTextModel(text_config()),
+        text_encoder_2=CLIPTextModelWithProjection(text_config()), tokenizer=tokenizer, tokenizer_2=tokenizer,
+        unet=unet, scheduler=EulerDiscreteScheduler())
     pipe.save_pretrained(out, safe_serialization=True)
 
 
