@@ -127,6 +127,7 @@ def test_a_text_model_name_is_refused_for_images(s):
 
 
 def test_a_disconnect_during_diffusion_stops_the_steps(s):
+    s.client().images.generate(model="sd", prompt="fox", response_format="b64_json")  # loaded, so the steps start
     before = s.resident("sd", stats=True)["worker"]
     with pytest.raises(httpx.ReadTimeout):
         s.http.post("/v1/images/generations", timeout=1.0,
