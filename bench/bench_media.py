@@ -5,7 +5,8 @@ arbiter and the worker process) against the same diffusers pipeline called in th
 tiny demo SD pipeline and a wider random SD pipeline (compute-bound). Speech: the real-time factor
 (processing seconds / audio seconds) of a generated 30 s clip uploaded as WAV, against
 faster-whisper's transcribe() on the same samples in-process. Same weights, threads and settings on
-both sides; the models are random, so the number of tokens per window is capped (max_new_tokens).
+both sides, rounds alternating between the two; the models are random, so the number of tokens per
+window is capped (max_new_tokens).
 
     .venv/bin/python bench/bench_media.py [--rounds 7]
 """
@@ -87,14 +88,17 @@ def start_server(port: int, registry: Path) -> subprocess.Popen:
     raise RuntimeError("server did not start")
 
 
-def median_ms(fn, rounds: int) -> float:
-    fn()  # warm-up (and the model load, on the server side)
-    times = []
+def paired_median_ms(served, local, rounds: int) -> tuple[float, float]:
+    """Medians of alternating rounds, so that load from other processes hits both sides alike."""
+    served()  # warm-up (and the model load, on the server side)
+    local()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
-        began = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - began) * 1000)
-    return statistics.median(times)
+        for fn, into in ((served, times[0]), (local, times[1])):
+            began = time.perf_counter()
+            fn()
+            into.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def bench_images(http: httpx.Client, path: Path, model: str, size: int, rounds: int) -> tuple[float, float]:
@@ -103,8 +107,6 @@ def bench_images(http: httpx.Client, path: Path, model: str, size: int, rounds: 
 
     body = {"model": model, "prompt": "a lighthouse", "size": f"{size}x{size}", "response_format": "b64_json",
             "steps": STEPS, "seed": 1}
-    served = median_ms(lambda: http.post("/v1/images/generations", json=body).raise_for_status(), rounds)
-    http.post("/admin/unload", json={"model": model})
     pipe = StableDiffusionPipeline.from_pretrained(path, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
 
@@ -113,7 +115,9 @@ def bench_images(http: httpx.Client, path: Path, model: str, size: int, rounds: 
                      generator=torch.Generator().manual_seed(1)).images[0]
         image.save(io.BytesIO(), format="PNG")  # the server encodes a PNG too
 
-    in_process = median_ms(local, rounds)
+    served, in_process = paired_median_ms(
+        lambda: http.post("/v1/images/generations", json=body).raise_for_status(), local, rounds)
+    http.post("/admin/unload", json={"model": model})
     return served, in_process
 
 
@@ -131,15 +135,14 @@ def bench_whisper(http: httpx.Client, rounds: int) -> tuple[float, float]:
         http.post("/v1/audio/transcriptions", files={"file": ("clip.wav", wav)},
                   data={"model": "whisper", "response_format": "verbose_json"}).raise_for_status()
 
-    served_ms = median_ms(served, rounds)
-    http.post("/admin/unload", json={"model": "whisper"})
     model = WhisperModel(str(DEFAULT_ROOT / "tiny-whisper"), device="cpu", compute_type="int8", cpu_threads=2)
 
     def local():
         segments, _ = model.transcribe(samples, beam_size=1, max_new_tokens=32)
         list(segments)
 
-    local_ms = median_ms(local, rounds)
+    served_ms, local_ms = paired_median_ms(served, local, rounds)
+    http.post("/admin/unload", json={"model": "whisper"})
     return served_ms / 1000 / CLIP_SECONDS, local_ms / 1000 / CLIP_SECONDS
 
 
