@@ -36,7 +36,8 @@ def s(demo_root, tmp_path_factory):
               {**sd_spec(demo_root, "single", pipeline="sd", config=str(demo_root / "tiny-sd")),
                "path": str(demo_root / "tiny-sd.safetensors")},
               {**sd_spec(demo_root, "xl"), "path": str(demo_root / "tiny-sdxl")}]
-    with serve(tmp_path_factory.mktemp("images"), models, image_ttl_s=2.0) as served:
+    # Auth on (the fixture's clients send "Bearer test"): image URLs must still work without the key.
+    with serve(tmp_path_factory.mktemp("images"), models, image_ttl_s=2.0, api_keys=["test"]) as served:
         yield served
 
 
@@ -70,6 +71,8 @@ def test_url_is_absolute_fetchable_without_the_key_and_expires(s):
     assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
     assert png_of(fetched.content).size == (32, 32)
     assert httpx.get(url[:-8] + "AAAAAAA.png").status_code == 404
+    unauthenticated = httpx.post(s.base_url + "/v1/images/generations", json={"model": "sd", "prompt": "fox"})
+    assert unauthenticated.status_code == 401  # generating still needs the key
     time.sleep(2.2)  # the test server's image_ttl_s is 2 s
     assert httpx.get(url).status_code == 404
 
