@@ -8,7 +8,7 @@ faster-whisper's transcribe() on the same samples in-process. Same weights, thre
 both sides, rounds alternating between the two; the models are random, so the number of tokens per
 window is capped (max_new_tokens).
 
-    .venv/bin/python bench/bench_media.py [--rounds 7]
+    [BENCH_THREADS=1] .venv/bin/python bench/bench_media.py [--rounds 7]
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ from tinymodels import DEFAULT_ROOT, media  # noqa: E402
 
 STEPS = 8
 CLIP_SECONDS = 30.0
-WHISPER_OPTIONS = {"compute_type": "int8", "beam_size": 1, "device": "cpu", "cpu_threads": 2,
+# One compute thread per side by default: on a shared machine, OpenMP barriers across threads that
+# other processes deschedule make multi-thread timings swing tenfold; one thread keeps them comparable.
+THREADS = int(os.environ.get("BENCH_THREADS", "1"))
+WHISPER_OPTIONS = {"compute_type": "int8", "beam_size": 1, "device": "cpu", "cpu_threads": THREADS,
                    "max_new_tokens": 32}
 
 
@@ -74,7 +77,7 @@ def build_wide_sd(out: Path) -> None:
 def start_server(port: int, registry: Path) -> subprocess.Popen:
     env = {**os.environ, "MODELYARD_MODELS": str(registry), "MODELYARD_PORT": str(port),
            "MODELYARD_LOG_LEVEL": "warning", "MODELYARD_MODEL_DIRS": f"{DEFAULT_ROOT},{registry.parent}",
-           "MODELYARD_BUDGET_MB": "8192"}
+           "MODELYARD_BUDGET_MB": "8192", "OMP_NUM_THREADS": str(THREADS)}
     process = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -135,7 +138,7 @@ def bench_whisper(http: httpx.Client, rounds: int) -> tuple[float, float]:
         http.post("/v1/audio/transcriptions", files={"file": ("clip.wav", wav)},
                   data={"model": "whisper", "response_format": "verbose_json"}).raise_for_status()
 
-    model = WhisperModel(str(DEFAULT_ROOT / "tiny-whisper"), device="cpu", compute_type="int8", cpu_threads=2)
+    model = WhisperModel(str(DEFAULT_ROOT / "tiny-whisper"), device="cpu", compute_type="int8", cpu_threads=THREADS)
 
     def local():
         segments, _ = model.transcribe(samples, beam_size=1, max_new_tokens=32)
@@ -151,6 +154,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--port", type=int, default=8391)
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(THREADS)  # the worker gets the same through OMP_NUM_THREADS
     media.build(DEFAULT_ROOT)
     with tempfile.TemporaryDirectory() as tmp:
         wide = Path(tmp) / "wide-sd"
@@ -168,7 +174,8 @@ def main() -> None:
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=600) as http:
                 print(f"machine: {machine()}")
-                print(f"rounds: {args.rounds} (medians), steps {STEPS}, CPU fp32")
+                print(f"rounds: {args.rounds} (medians of alternating rounds), steps {STEPS}, CPU fp32, "
+                      f"{THREADS} compute thread(s) per side (BENCH_THREADS)")
                 for model, path, size in (("tiny-sd", DEFAULT_ROOT / "tiny-sd", 64), ("wide-sd", wide, 64)):
                     served, local = bench_images(http, path, model, size, args.rounds)
                     print(f"{model} {size}x{size}: modelyard {served:.1f} ms/image, in-process {local:.1f} ms/image "
