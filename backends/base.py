@@ -82,6 +82,37 @@ class EmbeddingParams:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ImageParams:
+    """One text-to-image call; the route has already checked every bound against the model's spec."""
+
+    prompt: str = ""
+    negative_prompt: str | None = None
+    n: int = 1
+    width: int = 512
+    height: int = 512
+    steps: int | None = None  # None: the model's default_steps
+    guidance_scale: float | None = None  # None: the model's default_guidance
+    seed: int | None = None  # image i uses seed + i, so each is reproducible on its own
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TranscriptionParams:
+    """One speech-to-text call on audio the server decoded to 16 kHz mono float32.
+
+    The samples sit in a raw little-endian float32 file the server wrote in its private temp dir
+    (JSON lines would carry 30 minutes of audio as ~150 MB of base64)."""
+
+    audio_path: str = ""
+    task: str = "transcribe"  # or "translate" (to English)
+    language: str | None = None  # None: detect
+    prompt: str | None = None  # Whisper's initial_prompt
+    temperature: float | None = None  # None or 0: the usual fallback ladder from 0
+    word_timestamps: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 # The chunk and result shapes every text adapter produces (JSON-serialisable dicts):
 #   chat/complete chunk:  {"text": str, "logprobs": [TokenLogprob, ...]}  ("logprobs" only when asked)
 #       TokenLogprob:     {"token": str, "logprob": float, "bytes": [int], "text_offset": int,
@@ -89,6 +120,12 @@ class EmbeddingParams:
 #   chat/complete final:  {"finish_reason": "stop" | "length" | "cancelled",
 #                          "usage": {"prompt_tokens": int, "completion_tokens": int}}
 #   embed:                yields nothing; final {"embeddings": [[float]], "usage": {"prompt_tokens": int}}
+#   generate_image:       yields {"step": int, "steps": int} per denoising step; final
+#                         {"images": [base64 PNG], "steps": int, "seed": int | None, "nsfw": [bool] | None,
+#                          "finish_reason": "stop" | "cancelled"}
+#   transcribe:           yields nothing; final {"text", "language", "language_probability", "duration",
+#                          "segments": [{id, seek, start, end, text, tokens, temperature, avg_logprob,
+#                          compression_ratio, no_speech_prob, words?}], "words": [{word, start, end}] | None}
 # A prompt longer than the context raises InvalidInput(code="context_length_exceeded") before
 # generating anything. stats() includes {"tokens_generated": int} (tests assert on it).
 
@@ -118,6 +155,16 @@ class CompletionModel(Protocol):
 @runtime_checkable
 class EmbeddingModel(Protocol):
     def embed(self, params: EmbeddingParams, cancel: Cancel) -> Chunks: ...
+
+
+@runtime_checkable
+class ImageModel(Protocol):
+    def generate_image(self, params: ImageParams, cancel: Cancel) -> Chunks: ...
+
+
+@runtime_checkable
+class TranscriptionModel(Protocol):
+    def transcribe(self, params: TranscriptionParams, cancel: Cancel) -> Chunks: ...
 
 
 class StopMatcher:

@@ -31,14 +31,25 @@ import traceback
 from dataclasses import fields
 from typing import Any
 
-from backends.base import Cancel, ChatParams, CompletionParams, EmbeddingParams, InvalidInput
+from backends.base import (
+    Cancel,
+    ChatParams,
+    CompletionParams,
+    EmbeddingParams,
+    ImageParams,
+    InvalidInput,
+    TranscriptionParams,
+)
 
 ADAPTERS = {
     "fake": "backends.fake:FakeAdapter",
     "hf": "backends.hf_text:HfTextAdapter",
+    "diffusers": "backends.diffusion:DiffusionAdapter",
+    "faster-whisper": "backends.whisper:WhisperAdapter",
 }
 
-PARAMS = {"chat": ChatParams, "complete": CompletionParams, "embed": EmbeddingParams}
+PARAMS = {"chat": ChatParams, "complete": CompletionParams, "embed": EmbeddingParams,
+          "generate_image": ImageParams, "transcribe": TranscriptionParams}
 
 log = logging.getLogger("modelyard.worker")
 

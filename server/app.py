@@ -16,10 +16,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server import errors
 from server.access import AccessMiddleware
 from server.arbiter import Arbiter
+from server.audio import ScratchDir
+from server.imagestore import ImageStore
 from server.memory import MemoryProbe, default_budget_mb
 from server.metrics import Metrics
 from server.registry import Registry, load_registry
-from server.routes import admin, chat, health, models
+from server.routes import admin, audio, chat, health, images, models
 from server.security import SecurityMiddleware
 from server.settings import Settings
 from server.workers import WorkerFactory
@@ -84,6 +86,8 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
     async def lifespan(app: FastAPI):
         arbiter = Arbiter(budget, factory or WorkerFactory(), probe, **arbiter_kwargs)
         app.state.services = Services(settings, registry, arbiter, metrics, probe, int(time.time()))
+        app.state.images = ImageStore(ttl_s=settings.image_ttl_s, max_bytes=settings.image_store_mb * 1024 * 1024)
+        app.state.audio_scratch = ScratchDir()
         metrics.memory(0.0, budget, {})
         for spec in registry:
             if spec.pinned:  # a pinned model is meant to be ready before the first request
@@ -94,10 +98,11 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
             yield
         finally:
             await arbiter.close()
+            app.state.audio_scratch.close()
 
     app = FastAPI(title="modelyard", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
-    for router in (chat.router, models.router, health.router, admin.router):
+    for router in (chat.router, models.router, health.router, admin.router, images.router, audio.router):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -167,6 +168,8 @@ class HfSpec(_Spec):
         extra = {Capability.EMBEDDING} if self.options.embedding else set()
         return frozenset({Capability.CHAT, Capability.COMPLETION, *extra})
 
+
+
     def files(self) -> Iterable[Path]:
         return (self.path,)
 
@@ -259,7 +262,182 @@ def _quantizable(name: str, count: int) -> bool:
             and "norm" not in name and "wte" not in name and "wpe" not in name)
 
 
-ModelSpec = Annotated[FakeSpec | HfSpec, Field(discriminator="backend")]
+# ---- images and speech -----------------------------------------------------------------------
+
+_SIZE = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
+_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+MIB = 1024 * 1024
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """'512x768' -> (512, 768); ValueError otherwise."""
+    match = _SIZE.match(str(value).strip())
+    if not match:
+        raise ValueError(f"size {value!r} is not WIDTHxHEIGHT, e.g. 512x512")
+    return int(match.group(1)), int(match.group(2))
+
+
+def safetensors_parameters(path: Path) -> dict[str, int]:
+    """Element counts per dtype, read from a .safetensors header (no engine, no weights read)."""
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if length <= 0 or length > 100 * MIB:
+            raise ValueError(f"{path}: not a safetensors file")
+        header = json.loads(handle.read(length))
+    counts: dict[str, int] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        elements = 1
+        for dim in entry["shape"]:
+            elements *= dim
+        counts[entry["dtype"]] = counts.get(entry["dtype"], 0) + elements
+    return counts
+
+
+def _weights_mb(files: Iterable[Path], runtime_bytes: int | None) -> float:
+    """Weights at the runtime dtype (floats converted; integer tensors as stored)."""
+    total = 0
+    for path in files:
+        for dtype, count in safetensors_parameters(path).items():
+            stored = _SAFETENSORS_BYTES.get(dtype, 4)
+            floating = dtype.startswith(("F", "BF"))
+            total += count * (runtime_bytes if runtime_bytes and floating else stored)
+    return total / MIB
+
+
+Scheduler = Literal["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+                    "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+                    "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler", "HeunDiscreteScheduler",
+                    "KDPM2DiscreteScheduler", "DEISMultistepScheduler", "LCMScheduler"]
+
+
+class DiffusionOptions(BaseModel):
+    """A diffusers text-to-image pipeline (SD 1.x/2.x, SDXL, turbo-style), safetensors only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pipeline: Literal["auto", "sd", "sdxl"] = Field(
+        "auto", description="auto reads model_index.json; a single .safetensors file needs sd or sdxl.")
+    config: Path | None = Field(None, description="For a single-file checkpoint: a local diffusers directory "
+                                                  "of the same architecture, for the component configs.")
+    scheduler: Scheduler | None = Field(None, description="Replace the pipeline's scheduler (same config).")
+    default_steps: int = Field(30, ge=1, le=500)
+    max_steps: int = Field(100, ge=1, le=500)
+    default_size: str = "512x512"
+    sizes: tuple[str, ...] = Field((), description="Allowed sizes; empty: any multiple of 8 within the bounds.")
+    min_side: int = Field(64, ge=8, le=8192)
+    max_side: int = Field(1024, ge=8, le=8192)
+    max_pixels: int = Field(1024 * 1024, ge=64, description="Cap on width*height.")
+    default_guidance: float = Field(7.5, ge=0, le=50, allow_inf_nan=False)
+    max_guidance: float = Field(30.0, ge=0, le=50, allow_inf_nan=False)
+    max_n: int = Field(4, ge=1, le=16)
+    safety_checker: bool = Field(False, description="Run the pipeline's safety checker (off for local use).")
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+
+    @field_validator("default_size")
+    @classmethod
+    def _default_size(cls, value: str) -> str:
+        parse_size(value)
+        return value
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for size in value:
+            parse_size(size)
+        return value
+
+    def size_error(self, width: int, height: int) -> str | None:
+        """Why this model cannot make a width x height image, or None if it can."""
+        if self.sizes:
+            if f"{width}x{height}" not in self.sizes:
+                return f"size {width}x{height} is not one of this model's sizes: {', '.join(self.sizes)}"
+            return None
+        if width % 8 or height % 8:
+            return f"size {width}x{height}: width and height must be multiples of 8"
+        if not (self.min_side <= width <= self.max_side and self.min_side <= height <= self.max_side):
+            return f"size {width}x{height}: each side must be between {self.min_side} and {self.max_side}"
+        if width * height > self.max_pixels:
+            return f"size {width}x{height} exceeds {self.max_pixels} pixels"
+        return None
+
+    def largest_pixels(self) -> int:
+        if self.sizes:
+            return max(w * h for w, h in map(parse_size, self.sizes))
+        return min(self.max_pixels, self.max_side * self.max_side)
+
+
+class DiffusionSpec(_Spec):
+    backend: Literal["diffusers"]
+    path: Path = Field(description="A diffusers directory (model_index.json) or one .safetensors checkpoint.")
+    options: DiffusionOptions = DiffusionOptions()
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.IMAGE})
+
+    def files(self) -> Iterable[Path]:
+        return (self.path, self.options.config) if self.options.config else (self.path,)
+
+    def weight_files(self) -> list[Path]:
+        """The component weights the pipeline loads (the safety checker only when it runs)."""
+        if self.path.is_file():
+            return [self.path]
+        skip = set() if self.options.safety_checker else {"safety_checker"}
+        return sorted(p for p in self.path.glob("*/*.safetensors") if p.parent.name not in skip)
+
+    def estimate_mb(self) -> int:
+        runtime_bytes = 4 if self.options.device == "cpu" else 2  # fp16 on a GPU, fp32 on CPU
+        weights = _weights_mb(self.weight_files(), runtime_bytes)
+        return int(weights + self.activations_mb(self.options.largest_pixels(), runtime_bytes))
+
+    def activations_mb(self, pixels: int, runtime_bytes: int) -> float:
+        """Peak UNet/VAE activations for one image: ~1.5 GiB at 512x512 fp16 for SD-1.5's 320-wide UNet,
+        scaled by pixels, dtype width and the UNet's first block width (read from its config.json)."""
+        width = 320
+        pipeline_dir = self.path if self.path.is_dir() else self.options.config
+        config = pipeline_dir / "unet" / "config.json" if pipeline_dir else None
+        if config is not None and config.is_file():
+            with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+                width = int(json.loads(config.read_text())["block_out_channels"][0])
+        return 1536 * (pixels / (512 * 512)) * (width / 320) * (runtime_bytes / 2)
+
+
+ComputeType = Literal["default", "auto", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "int16",
+                      "float16", "bfloat16", "float32"]
+
+
+class WhisperOptions(BaseModel):
+    """faster-whisper on CTranslate2 (a converted model directory: model.bin, tokenizer.json, ...)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compute_type: ComputeType = Field("default", description="CTranslate2 compute type (int8 is fastest on CPU).")
+    beam_size: int = Field(5, ge=1, le=16)
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    cpu_threads: int = Field(0, ge=0, le=256, description="0: CTranslate2's default.")
+    max_audio_seconds: float = Field(1800.0, gt=0, le=4 * 3600, allow_inf_nan=False,
+                                     description="Longest decoded audio accepted (400 beyond).")
+    max_new_tokens: int | None = Field(None, ge=1, le=448, description="Cap on tokens per 30 s window.")
+
+
+class WhisperSpec(_Spec):
+    backend: Literal["faster-whisper"]
+    path: Path = Field(description="A CTranslate2 Whisper directory (ct2-transformers-converter output).")
+    options: WhisperOptions = WhisperOptions()
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.TRANSCRIPTION})
+
+    def estimate_mb(self) -> int:
+        model = self.path / "model.bin"
+        stored = model.stat().st_size / MIB if model.is_file() else 0.0
+        # model.bin is saved as float16 by the usual conversion; scale to the compute type's width.
+        scale = {"float32": 2.0, "int8": 0.5, "int8_float32": 0.5, "int8_float16": 0.5,
+                 "int8_bfloat16": 0.5}.get(self.options.compute_type, 1.0)
+        weights = stored * scale
+        # Encoder activations for a 30 s window and the decoder's beams grow with the model's width.
+        return int(weights * (1.0 + 0.05 * self.options.beam_size) + 32)
+
+
+ModelSpec = Annotated[FakeSpec | HfSpec | DiffusionSpec | WhisperSpec, Field(discriminator="backend")]
 _SPEC_ADAPTER: TypeAdapter = TypeAdapter(ModelSpec)
 
 

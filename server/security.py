@@ -13,6 +13,9 @@ from server.errors import AuthenticationError, HostNotAllowed, ModelyardError, P
 from server.settings import Settings, is_loopback
 
 PUBLIC_PATHS = frozenset({"/health", "/health/ready", "/metrics"})
+# Image URLs carry a random 192-bit id that expires: the URL itself is the credential, so an <img>
+# tag (Open WebUI, a browser) can show it without the API key. The Host check still applies.
+PUBLIC_PREFIXES = ("/v1/images/files/",)
 
 
 class KeyRing:
@@ -67,7 +70,9 @@ class SecurityMiddleware:
     def _admit(self, scope: Scope, headers: Headers) -> None:
         if self.check_host and not host_allowed(headers.get("host", "")):
             raise HostNotAllowed("this server only answers requests addressed to localhost")
-        if not self.keys.enabled or scope["path"] in PUBLIC_PATHS or scope["method"] == "OPTIONS":
+        path = scope["path"]
+        if (not self.keys.enabled or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+                or scope["method"] == "OPTIONS"):
             return
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not self.keys.accepts(token.strip()):

@@ -1,0 +1,71 @@
+"""POST /v1/images/generations, and GET /v1/images/files/{id}.png for `response_format: url`."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from backends.capability import Capability
+from server.errors import InvalidRequest, NotFound
+from server.protocol import images as wire
+from server.protocol.common import now
+from server.registry import parse_size
+from server.routes.common import Generation, resolve, services, until_disconnected
+
+router = APIRouter()
+FILES_PREFIX = "/v1/images/files/"
+
+
+def engine_params(body: wire.ImageGenerationRequest, options) -> tuple[dict, str]:
+    """Every bound checked against the model's options: a 400 before any model is touched."""
+    size = body.size or options.default_size
+    try:
+        width, height = parse_size(size)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="size") from None
+    problem = options.size_error(width, height)
+    if problem:
+        raise InvalidRequest(problem, param="size")
+    if body.n > options.max_n:
+        raise InvalidRequest(f"n must be at most {options.max_n} for this model", param="n")
+    if body.steps is not None and body.steps > options.max_steps:
+        raise InvalidRequest(f"steps must be at most {options.max_steps} for this model", param="steps")
+    if body.guidance_scale is not None and body.guidance_scale > options.max_guidance:
+        raise InvalidRequest(f"guidance_scale must be at most {options.max_guidance:g}", param="guidance_scale")
+    params = {"prompt": body.prompt, "negative_prompt": body.negative_prompt, "n": body.n, "width": width,
+              "height": height, "steps": body.steps, "guidance_scale": body.guidance_scale, "seed": body.seed}
+    return params, f"{width}x{height}"
+
+
+@router.post("/v1/images/generations")
+async def create_images(request: Request, body: wire.ImageGenerationRequest):
+    spec = resolve(request, body.model, Capability.IMAGE)
+    params, size = engine_params(body, spec.options)
+    started = time.perf_counter()
+    generation = await Generation.open(request, spec, None, "generate_image", [params])
+    try:
+        # A client that leaves mid-diffusion cancels the call; the worker stops between steps.
+        [(_, final)] = await until_disconnected(request, generation.collect())
+    finally:
+        generation.close()
+    pngs = final.get("images", [])
+    services(request).metrics.observe_images(spec.id, len(pngs), time.perf_counter() - started)
+    if body.response_format == "b64_json":
+        data = [{"b64_json": png} for png in pngs]
+    else:
+        store = request.app.state.images
+        base = str(request.base_url).rstrip("/")
+        data = [{"url": f"{base}{FILES_PREFIX}{store.put(base64.b64decode(png))[0]}.png"} for png in pngs]
+    return wire.response(now(), data, size)
+
+
+@router.get(FILES_PREFIX + "{name}")
+async def image_file(request: Request, name: str):
+    image_id, dot, ext = name.rpartition(".")
+    png = request.app.state.images.get(image_id) if dot and ext == "png" else None
+    if png is None:
+        raise NotFound("this image does not exist or has expired")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
