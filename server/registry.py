@@ -426,6 +426,9 @@ class WhisperSpec(_Spec):
     options: WhisperOptions = WhisperOptions()
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.TRANSCRIPTION})
 
+    def files(self) -> Iterable[Path]:
+        return (self.path,)
+
     def estimate_mb(self) -> int:
         model = self.path / "model.bin"
         stored = model.stat().st_size / MIB if model.is_file() else 0.0
