@@ -35,6 +35,7 @@ from backends.base import Cancel, ChatParams, CompletionParams, EmbeddingParams,
 
 ADAPTERS = {
     "fake": "backends.fake:FakeAdapter",
+    "gguf": "backends.gguf:GgufAdapter",
 }
 
 PARAMS = {"chat": ChatParams, "complete": CompletionParams, "embed": EmbeddingParams}

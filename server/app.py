@@ -19,7 +19,7 @@ from server.arbiter import Arbiter
 from server.memory import MemoryProbe, default_budget_mb
 from server.metrics import Metrics
 from server.registry import Registry, load_registry
-from server.routes import admin, chat, health, models
+from server.routes import admin, chat, completions, embeddings, health, models
 from server.security import SecurityMiddleware
 from server.settings import Settings
 from server.workers import WorkerFactory
@@ -93,7 +93,7 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
 
     app = FastAPI(title="modelyard", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
-    for router in (chat.router, models.router, health.router, admin.router):
+    for router in (chat.router, completions.router, embeddings.router, models.router, health.router, admin.router):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)

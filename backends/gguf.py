@@ -1,0 +1,419 @@
+"""GGUF models through llama-cpp-python: chat, completions (with fill-in-the-middle) and embeddings.
+
+We drive llama.cpp's decode and sampler chain ourselves rather than calling create_completion, so
+that the Cancel flag is checked between tokens, logprobs come from the raw logits, and chat
+templates render in jinja2's sandbox (llama-cpp-python's own template path was CVE-2024-34359).
+llama.cpp's context is not thread-safe: one lock serialises requests on a model.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import datetime
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backends.base import (
+    Cancel,
+    ChatParams,
+    Chunks,
+    CompletionParams,
+    EmbeddingParams,
+    InvalidInput,
+    SamplingParams,
+    StopMatcher,
+)
+from backends.gguf_file import MIB, GgufFile
+
+DEFAULT_CONTEXT = 4096
+_RANDOM_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
+_PENALTY_WINDOW = 64
+
+
+class GgufAdapter:
+    def __init__(self, spec: dict[str, Any]):
+        import llama_cpp
+
+        self._lc = llama_cpp
+        options = spec.get("options") or {}
+        self.model_id = spec["id"]
+        self.file = GgufFile.read(spec["path"])  # clear errors for empty/truncated files
+        self.embedding = bool(options.get("embedding"))
+        self.n_ctx = int(options.get("n_ctx") or min(self.file.context_length, DEFAULT_CONTEXT))
+        gpu_layers = options.get("n_gpu_layers")
+        if gpu_layers is None:
+            gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        kwargs: dict[str, Any] = dict(n_ctx=self.n_ctx, n_gpu_layers=gpu_layers, verbose=False,
+                                      embedding=self.embedding, n_threads=options.get("n_threads"))
+        if self.embedding:
+            # A pooled embedding needs the whole input in one micro-batch.
+            kwargs.update(n_batch=self.n_ctx, n_ubatch=self.n_ctx)
+            if f"{self.file.architecture}.pooling_type" not in self.file.metadata:
+                kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        try:
+            self.llama = llama_cpp.Llama(str(self.file.path), **kwargs)
+        except ValueError as exc:
+            raise RuntimeError(f"llama.cpp could not load {Path(self.file.path).name}: {exc}") from None
+        self.vocab = self.llama._model.vocab
+        self.n_vocab = self.llama.n_vocab()
+        self._template_source = options.get("chat_template") or self.file.chat_template
+        self._template = None
+        self._lock = threading.Lock()
+        self._tokens_generated = 0
+        self._prompt_tokens = 0
+        self._requests = 0
+
+    # ---- the Adapter protocol ------------------------------------------------------------------
+
+    def memory_mb(self) -> float:
+        weights = self._lc.llama_model_size(self.llama._model.model)
+        kv = 0 if self.embedding else self.file.kv_cache_bytes(self.n_ctx)
+        logits = self.n_vocab * 4 * min(self.n_ctx, 512)  # output buffer for a full micro-batch
+        return (weights + kv + logits) / MIB + 16.0
+
+    def stats(self) -> dict[str, Any]:
+        return {"tokens_generated": self._tokens_generated, "prompt_tokens": self._prompt_tokens,
+                "requests": self._requests, "n_ctx": self.n_ctx}
+
+    def close(self) -> None:
+        self.llama.close()
+
+    # ---- capabilities --------------------------------------------------------------------------
+
+    def chat(self, params: ChatParams, cancel: Cancel) -> Chunks:
+        self._text_model()
+        prompt = self._render(params.messages, params.tools)
+        add_bos = self._adds_bos() and not prompt.startswith(self._piece_text(self.llama.token_bos()))
+        tokens = self.llama.tokenize(prompt.encode(), add_bos=add_bos, special=True)
+        top = params.top_logprobs if params.logprobs else None
+        return (yield from self._generate(tokens, params, cancel, top=top, param="messages"))
+
+    def complete(self, params: CompletionParams, cancel: Cancel) -> Chunks:
+        self._text_model()
+        if params.suffix is not None:
+            tokens = self._fim_tokens(params.prompt, params.suffix)
+        else:
+            tokens = self.llama.tokenize(params.prompt.encode(), add_bos=self._adds_bos(), special=True)
+        echo = params.prompt if params.echo else None
+        return (yield from self._generate(tokens, params, cancel, top=params.logprobs, param="prompt", echo=echo))
+
+    def embed(self, params: EmbeddingParams, cancel: Cancel) -> Chunks:
+        if not self.embedding:
+            raise InvalidInput(f"model {self.model_id} is not declared as an embedding model "
+                               "(options.embedding: true)", param="model", code="unsupported")
+        yield from ()
+        with self._lock:
+            counts = []
+            for i, text in enumerate(params.inputs):
+                n = len(self.llama.tokenize(text.encode(), add_bos=self._adds_bos(), special=True))
+                if n > self.n_ctx:
+                    raise InvalidInput(f"This model's maximum context length is {self.n_ctx} tokens; "
+                                       f"input {i} has {n}.", param="input", code="context_length_exceeded")
+                counts.append(n)
+            vectors = self.llama.embed(list(params.inputs), normalize=True, truncate=False) if params.inputs else []
+            self._prompt_tokens += sum(counts)
+            self._requests += 1
+        return {"embeddings": vectors, "usage": {"prompt_tokens": sum(counts)}}
+
+    # ---- prompts -------------------------------------------------------------------------------
+
+    def _text_model(self) -> None:
+        if self.embedding:
+            raise InvalidInput(f"model {self.model_id} is an embedding model", param="model", code="unsupported")
+
+    def _adds_bos(self) -> bool:
+        return bool(self._lc.llama_vocab_get_add_bos(self.vocab))
+
+    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+        if self._template is None:
+            if not self._template_source:
+                raise InvalidInput(f"model {self.model_id} has no chat template in its GGUF metadata; set "
+                                   "options.chat_template or use /v1/completions", param="messages")
+            self._template = _compile_template(self._template_source)
+        messages = [_plain_message(m) for m in messages]
+        if tools and "tools" not in self._template_source:
+            # Templates that know nothing of tools still have to show them to the model.
+            import json
+
+            note = {"role": "system", "content": "You may call these tools: " + json.dumps(tools)}
+            messages = [note, *messages]
+        try:
+            return self._template.render(
+                messages=messages, tools=tools, add_generation_prompt=True,
+                bos_token=self._piece_text(self.llama.token_bos()),
+                eos_token=self._piece_text(self.llama.token_eos()),
+            )
+        except InvalidInput:
+            raise
+        except Exception as exc:  # the template refused these messages (e.g. roles out of order)
+            raise InvalidInput(f"the chat template could not render these messages: {exc}",
+                               param="messages") from None
+
+    def _fim_tokens(self, prefix: str, suffix: str) -> list[int]:
+        lc = self._lc
+        pre, suf, mid = lc.llama_vocab_fim_pre(self.vocab), lc.llama_vocab_fim_suf(self.vocab), lc.llama_vocab_fim_mid(self.vocab)
+        if min(pre, suf, mid) < 0:
+            raise InvalidInput(f"model {self.model_id} has no fill-in-the-middle tokens in its GGUF metadata; "
+                               "`suffix` is not supported", param="suffix", code="unsupported_suffix")
+        head = [self.llama.token_bos()] if self._adds_bos() else []
+        prefix_tokens = self.llama.tokenize(prefix.encode(), add_bos=False, special=True)
+        suffix_tokens = self.llama.tokenize(suffix.encode(), add_bos=False, special=True)
+        return [*head, pre, *prefix_tokens, suf, *suffix_tokens, mid]
+
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        buffer = ctypes.create_string_buffer(64)
+        n = self._lc.llama_token_to_piece(self.vocab, token, buffer, 64, 0, special)
+        if n < 0:
+            buffer = ctypes.create_string_buffer(-n)
+            n = self._lc.llama_token_to_piece(self.vocab, token, buffer, -n, 0, special)
+        return buffer.raw[:n]
+
+    def _piece_text(self, token: int) -> str:
+        return self._piece(token, special=True).decode("utf-8", errors="replace") if token >= 0 else ""
+
+    # ---- decoding ------------------------------------------------------------------------------
+
+    def _generate(self, tokens: list[int], params: SamplingParams, cancel: Cancel, *, top: int | None,
+                  param: str, echo: str | None = None) -> Chunks:
+        if len(tokens) >= self.n_ctx:
+            raise InvalidInput(f"This model's maximum context length is {self.n_ctx} tokens; the prompt has "
+                               f"{len(tokens)}.", param=param, code="context_length_exceeded")
+        bias = _logit_bias(params.logit_bias, self.n_vocab)
+        grammar = self._grammar(params.response_format)
+        with self._lock:
+            self._requests += 1
+            self._prompt_tokens += len(tokens)
+            budget = self.n_ctx - len(tokens)
+            if params.max_tokens is not None:
+                budget = min(budget, params.max_tokens)
+            sampler = self._sampler(params, bias, grammar)
+            try:
+                offset = 0
+                if echo is not None and top is not None:
+                    yield {"text": echo, "logprobs": self._echo_logprobs(tokens, top)}
+                else:
+                    self._feed_prompt(tokens)
+                    if echo is not None:
+                        yield {"text": echo}
+                if echo is not None:
+                    offset = len(echo)
+                return (yield from self._decode(sampler, budget, params.stop, cancel, top, offset, len(tokens)))
+            finally:
+                sampler.close()
+
+    def _decode(self, sampler, budget: int, stop: list[str], cancel: Cancel, top: int | None, offset: int,
+                prompt_tokens: int) -> Chunks:
+        llama, lc = self.llama, self._lc
+        matcher = StopMatcher(stop)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        produced, emitted, text_len = 0, 0, 0  # tokens; characters sent; characters decoded
+        pending_logprobs: list[dict[str, Any]] = []
+        finish = "length"
+        while produced < budget:
+            if cancel:
+                finish = "cancelled"
+                break
+            logits = None
+            if top is not None:
+                logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(llama._ctx.ctx, -1), shape=(self.n_vocab,))
+            token = sampler.sample(llama._ctx, -1)
+            if lc.llama_vocab_is_eog(self.vocab, token):
+                finish = "stop"
+                break
+            produced += 1
+            self._tokens_generated += 1
+            piece = self._piece(token)
+            text = decoder.decode(piece)
+            if logits is not None:
+                pending_logprobs.append(self._logprob_entry(logits, token, piece, offset + text_len, top))
+            text_len += len(text)
+            out, hit = matcher.feed(text)
+            emitted += len(out)
+            chunk = self._chunk(out, pending_logprobs, offset + emitted, hit, top is not None)
+            if chunk:
+                yield chunk
+            if hit:
+                finish = "stop"
+                break
+            if produced < budget:
+                llama.eval([token])
+        if finish != "stop":
+            tail = matcher.flush() + decoder.decode(b"", final=True)
+            emitted += len(tail)
+            chunk = self._chunk(tail, pending_logprobs, offset + emitted, True, top is not None)
+            if chunk:
+                yield chunk
+        return {"finish_reason": finish, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": produced}}
+
+    @staticmethod
+    def _chunk(text: str, pending: list[dict[str, Any]], sent_until: int, final: bool,
+               with_logprobs: bool) -> dict[str, Any] | None:
+        """Text safe to send, with the logprobs of the tokens that begin inside it."""
+        ready = [e for e in pending if e["text_offset"] < sent_until]
+        pending[:] = [] if final else [e for e in pending if e["text_offset"] >= sent_until]
+        if not text and not ready:
+            return None
+        chunk: dict[str, Any] = {"text": text}
+        if with_logprobs:
+            chunk["logprobs"] = ready
+        return chunk
+
+    def _feed_prompt(self, tokens: list[int]) -> None:
+        """Evaluate the prompt, reusing the KV cache for the prefix it shares with the last request."""
+        llama = self.llama
+        cached = llama.input_ids[: llama.n_tokens]
+        shared = 0
+        for a, b in zip(cached, tokens, strict=False):
+            if a != b:
+                break
+            shared += 1
+        shared = min(shared, len(tokens) - 1)  # at least one token is decoded to get fresh logits
+        llama.n_tokens = shared
+        llama.eval(tokens[shared:])
+
+    def _echo_logprobs(self, tokens: list[int], top: int) -> list[dict[str, Any]]:
+        """Evaluate the whole prompt keeping every position's logits, for the echoed prompt's logprobs."""
+        llama, lc = self.llama, self._lc
+        llama.n_tokens = 0
+        llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+        rows = []
+        for start in range(0, len(tokens), llama.n_batch):
+            part = tokens[start: start + llama.n_batch]
+            llama._batch.set_batch(batch=part, n_past=llama.n_tokens, logits_all=True)
+            llama._ctx.decode(llama._batch)
+            block = np.ctypeslib.as_array(lc.llama_get_logits(llama._ctx.ctx), shape=(len(part), self.n_vocab))
+            rows.append(block.copy())
+            llama.input_ids[llama.n_tokens: llama.n_tokens + len(part)] = part
+            llama.n_tokens += len(part)
+        logits = np.concatenate(rows)
+        entries, offset = [], 0
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for i, token in enumerate(tokens):
+            piece = self._piece(token)
+            if i == 0 and token == llama.token_bos():
+                continue  # BOS is not part of the prompt's text
+            if i == 0:
+                entry = {"token": piece.decode("utf-8", errors="replace"), "logprob": None, "bytes": list(piece),
+                         "text_offset": 0, "top_logprobs": []}
+            else:
+                entry = self._logprob_entry(logits[i - 1], token, piece, offset, top)
+            text = decoder.decode(piece)
+            if offset == 0 and text.startswith(" ") and i <= 1 and self._strips_space():
+                text = text[1:]
+            offset += len(text)
+            entries.append(entry)
+        return entries
+
+    def _strips_space(self) -> bool:
+        # SPM vocabularies add a leading space to the prompt; the echoed text has none.
+        return self.file.metadata.get("tokenizer.ggml.model") == "llama"
+
+    def _logprob_entry(self, logits: np.ndarray, token: int, piece: bytes, offset: int, top: int) -> dict[str, Any]:
+        row = logits.astype(np.float64)
+        peak = row.max()
+        logz = peak + np.log(np.exp(row - peak).sum())
+        entry: dict[str, Any] = {"token": piece.decode("utf-8", errors="replace"),
+                                 "logprob": float(row[token] - logz), "bytes": list(piece),
+                                 "text_offset": offset, "top_logprobs": []}
+        if top:
+            best = np.argpartition(-row, top)[:top] if top < len(row) else np.arange(len(row))
+            best = best[np.argsort(-row[best])]
+            for alt in best:
+                alt_piece = self._piece(int(alt))
+                entry["top_logprobs"].append({"token": alt_piece.decode("utf-8", errors="replace"),
+                                              "logprob": float(row[alt] - logz), "bytes": list(alt_piece)})
+        return entry
+
+    def _sampler(self, params: SamplingParams, bias: dict[int, float], grammar):
+        from llama_cpp import _internals
+
+        sampler = _internals.LlamaSampler()
+        if bias:
+            sampler.add_logit_bias(self.n_vocab, bias)
+        if params.presence_penalty or params.frequency_penalty:
+            sampler.add_penalties(self.n_vocab, _PENALTY_WINDOW, 1.0, params.frequency_penalty,
+                                  params.presence_penalty)
+        if grammar is not None:
+            sampler.add_grammar(self.llama._model, grammar)
+        if params.temperature == 0:
+            sampler.add_greedy()
+        else:
+            if params.top_p < 1.0:
+                sampler.add_top_p(params.top_p, 1)
+            sampler.add_temp(params.temperature)
+            seed = _RANDOM_SEED if params.seed is None else params.seed % _RANDOM_SEED
+            sampler.add_dist(seed)
+        return sampler
+
+    def _grammar(self, response_format: dict[str, Any] | None):
+        if not response_format:
+            return None
+        import json
+
+        from llama_cpp import LlamaGrammar
+
+        kind = response_format.get("type")
+        if kind == "json_object":
+            schema: dict[str, Any] = {"type": "object"}
+        elif kind == "json_schema":
+            schema = response_format.get("schema") or {"type": "object"}
+        else:
+            return None
+        try:
+            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        except Exception as exc:
+            raise InvalidInput(f"the JSON schema cannot be turned into a grammar: {exc}",
+                               param="response_format") from None
+
+
+def _logit_bias(bias: dict[str, float], n_vocab: int) -> dict[int, float]:
+    out = {}
+    for key, value in (bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise InvalidInput(f"logit_bias key {key!r} is not a token id", param="logit_bias") from None
+        if not 0 <= token < n_vocab:
+            raise InvalidInput(f"logit_bias token {token} is outside the vocabulary (0..{n_vocab - 1})",
+                               param="logit_bias")
+        # OpenAI's -100/100 mean ban/force; llama.cpp takes additive logits, so make them decisive.
+        out[token] = float("-inf") if value <= -100 else (1e4 if value >= 100 else float(value))
+    return out
+
+
+def _plain_message(message: dict[str, Any]) -> dict[str, Any]:
+    """Content parts flattened to text (no image input for GGUF text models)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text":
+                parts.append(str(part.get("text", "")))
+            else:
+                raise InvalidInput("this model accepts only text content parts", param="messages")
+        message = {**message, "content": "".join(parts)}
+    elif content is None:
+        message = {**message, "content": ""}
+    return message
+
+
+def _compile_template(source: str):
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str):
+        raise InvalidInput(f"the chat template refused the messages: {message}", param="messages")
+
+    def strftime_now(fmt: str) -> str:
+        return datetime.datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    try:
+        return env.from_string(source)
+    except TemplateError as exc:
+        raise InvalidInput(f"the model's chat template does not compile: {exc}", param="model") from None
