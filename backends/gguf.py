@@ -154,11 +154,13 @@ class GgufAdapter:
                                param="messages") from None
 
     def _fim_tokens(self, prefix: str, suffix: str) -> list[int]:
-        lc = self._lc
-        pre, suf, mid = lc.llama_vocab_fim_pre(self.vocab), lc.llama_vocab_fim_suf(self.vocab), lc.llama_vocab_fim_mid(self.vocab)
-        if min(pre, suf, mid) < 0:
+        # Only the metadata counts: llama.cpp also guesses FIM tokens from token names, which a
+        # model not trained for infill may merely contain.
+        fim = self.file.fim_tokens()
+        if fim is None:
             raise InvalidInput(f"model {self.model_id} has no fill-in-the-middle tokens in its GGUF metadata; "
                                "`suffix` is not supported", param="suffix", code="unsupported_suffix")
+        pre, suf, mid = fim
         head = [self.llama.token_bos()] if self._adds_bos() else []
         prefix_tokens = self.llama.tokenize(prefix.encode(), add_bos=False, special=True)
         suffix_tokens = self.llama.tokenize(suffix.encode(), add_bos=False, special=True)
@@ -355,6 +357,7 @@ class GgufAdapter:
         import json
 
         from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
 
         kind = response_format.get("type")
         if kind == "json_object":
@@ -364,7 +367,11 @@ class GgufAdapter:
         else:
             return None
         try:
-            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            gbnf = json_schema_to_gbnf(json.dumps(schema))
+            # llama-cpp-python's converter lets raw control characters into strings, which strict
+            # JSON parsers (Python's json, JavaScript) reject; llama.cpp's own converter excludes them.
+            gbnf = gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
+            return LlamaGrammar.from_string(gbnf, verbose=False)
         except Exception as exc:
             raise InvalidInput(f"the JSON schema cannot be turned into a grammar: {exc}",
                                param="response_format") from None

@@ -81,11 +81,13 @@ class GgufFile:
         value = self.metadata.get("tokenizer.chat_template")
         return str(value) if value else None
 
-    def has_fim(self) -> bool:
-        keys = ("fim_pre_token_id", "fim_suf_token_id", "fim_mid_token_id")
-        legacy = ("prefix_token_id", "suffix_token_id", "middle_token_id")
-        return all(f"tokenizer.ggml.{k}" in self.metadata for k in keys) or all(
-            f"tokenizer.ggml.{k}" in self.metadata for k in legacy)
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """(prefix, suffix, middle) ids declared in the metadata, or None."""
+        for keys in (("fim_pre", "fim_suf", "fim_mid"), ("prefix", "suffix", "middle")):
+            ids = [self.metadata.get(f"tokenizer.ggml.{k}_token_id") for k in keys]
+            if all(isinstance(i, int) and i >= 0 for i in ids):
+                return ids[0], ids[1], ids[2]
+        return None
 
 
 def _first(value: Any) -> int:

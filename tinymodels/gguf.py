@@ -30,7 +30,7 @@ SPECIAL = ["<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|
 
 
 def write_llama(path: Path, *, vocab: int = 264, dim: int = 64, layers: int = 2, heads: int = 4,
-                ffn: int | None = None, context: int = 512, dtype=np.float32, fim: bool = True,
+                ffn: int | None = None, context: int = 2048, dtype=np.float32, fim: bool = True,
                 chat_template: str | None = CHAT_TEMPLATE, pooling: bool = False, seed: int = 0) -> None:
     """A llama-architecture GGUF with an SPM byte-fallback vocabulary of `vocab` tokens."""
     import gguf
