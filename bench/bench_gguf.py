@@ -1,0 +1,266 @@
+"""GGUF benchmark: modelyard against llama-cpp-python's own server and against in-process calls.
+
+    python bench/bench_gguf.py [--repeats 3] [--max-tokens 128]
+
+Builds (once, into ~/.cache/modelyard/bench) a compute-bound random llama GGUF: vocab 32000,
+dim 512, 8 layers, f16. Then, one server after the other on localhost ports, measures decode
+tokens/s at concurrency 1 and 4 (fixed max_tokens; EOS banned through logit_bias so lengths stay
+fixed), time to first token, and requests/s on the tiny demo model; and the same decode in-process
+through llama-cpp-python (the cost of our HTTP + worker hop). Prints medians and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tinymodels import DEFAULT_ROOT  # noqa: E402
+from tinymodels import gguf as tiny  # noqa: E402
+
+BENCH_FILE = Path("~/.cache/modelyard/bench/bench-llama-32k-512x8-f16.gguf").expanduser()
+PROMPT = "Once upon a time, in a quiet village by the sea, there lived"
+NO_EOS = {"2": -100, "4": -100}  # </s> and <|im_end|> in tinymodels' vocabulary
+
+
+def build_bench_model() -> Path:
+    import numpy as np
+
+    return tiny.build_file(BENCH_FILE, vocab=32000, dim=512, layers=8, heads=8, ffn=1376, context=4096,
+                           dtype=np.float16, seed=7)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import llama_cpp
+
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"llama-cpp-python {llama_cpp.__version__}, {platform.system()} {platform.release()}")
+
+
+# ---- HTTP measurements -------------------------------------------------------------------------
+
+
+async def one_completion(client: httpx.AsyncClient, model: str, max_tokens: int, bias: dict | None) -> tuple[int, float]:
+    """(completion tokens, time to first token) for one streamed completion."""
+    body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "stream": True, "temperature": 1.0,
+            "stream_options": {"include_usage": True}}
+    if bias:
+        body["logit_bias"] = bias
+    start = time.perf_counter()
+    first = None
+    chunks = usage_tokens = 0
+    async with client.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            if data.get("usage"):
+                usage_tokens = data["usage"]["completion_tokens"]
+            if data.get("choices") and data["choices"][0].get("text"):
+                chunks += 1  # one token per chunk where a server sends no usage
+                if first is None:
+                    first = time.perf_counter() - start
+    tokens = usage_tokens or chunks
+    return tokens, first or 0.0
+
+
+async def decode_rate(base: str, model: str, concurrency: int, max_tokens: int, bias: dict | None,
+                      repeats: int) -> tuple[float, float]:
+    """(median aggregate tokens/s, median time to first token in ms)."""
+    rates, ttfts = [], []
+    async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+        await one_completion(client, model, 4, bias)  # warm: model loaded, caches primed
+        for _ in range(repeats):
+            start = time.perf_counter()
+            results = await asyncio.gather(*[one_completion(client, model, max_tokens, bias)
+                                             for _ in range(concurrency)])
+            elapsed = time.perf_counter() - start
+            rates.append(sum(t for t, _ in results) / elapsed)
+            ttfts.extend(f for _, f in results)
+    return statistics.median(rates), statistics.median(ttfts) * 1000
+
+
+async def request_rate(base: str, model: str, concurrency: int, total: int) -> float:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+        (await client.post("/v1/chat/completions", json=body)).raise_for_status()
+        queue = list(range(total))
+
+        async def worker():
+            while queue:
+                queue.pop()
+                (await client.post("/v1/chat/completions", json=body)).raise_for_status()
+
+        start = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        return total / (time.perf_counter() - start)
+
+
+def wait_ready(base: str, proc: subprocess.Popen, path: str = "/v1/models", timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(base + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("server did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def bench_modelyard(model_file: Path, tiny_file: Path, threads: int, args) -> dict[str, float]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = Path(tmp) / "models.yaml"
+        registry.write_text(json.dumps({"models": [
+            {"id": "bench", "backend": "gguf", "path": str(model_file), "keep_alive": -1,
+             "options": {"n_ctx": 2048, "n_threads": threads}},
+            {"id": "tiny", "backend": "gguf", "path": str(tiny_file), "keep_alive": -1,
+             "options": {"n_ctx": 512, "n_threads": threads}},
+        ]}))
+        env = {**os.environ, "MODELYARD_MODEL_DIRS": f"{model_file.parent},{tiny_file.parent}"}
+        proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", str(port), "--models",
+                                 str(registry)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(base, proc)
+            return run_http(base, "bench", "tiny", args)
+        finally:
+            stop(proc)
+
+
+def bench_llama_cpp_server(model_file: Path, tiny_file: Path, threads: int, args) -> dict[str, float]:
+    results = {}
+    for name, path, n_ctx in (("bench", model_file, 2048), ("tiny", tiny_file, 512)):
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias",
+                                 name, "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
+                                 "--n_threads_batch", str(threads), "--verbose", "False",
+                                 "--interrupt_requests", "False"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(base, proc)
+            if name == "bench":
+                results.update(run_http(base, "bench", None, args))
+            else:
+                results.update(run_http(base, None, "tiny", args))
+        finally:
+            stop(proc)
+    return results
+
+
+def run_http(base: str, big: str | None, small: str | None, args) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if big:
+        for c in (1, 4):
+            rate, ttft = asyncio.run(decode_rate(base, big, c, args.max_tokens, NO_EOS, args.repeats))
+            out[f"decode tok/s c={c}"] = rate
+            out[f"TTFT ms c={c}"] = ttft
+    if small:
+        for c in (1, 4):
+            out[f"tiny req/s c={c}"] = asyncio.run(request_rate(base, small, c, args.requests))
+    return out
+
+
+def bench_in_process(model_file: Path, threads: int, args) -> dict[str, float]:
+    """llama-cpp-python called directly: the floor our HTTP + worker hop adds to."""
+    import llama_cpp
+
+    llama = llama_cpp.Llama(str(model_file), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    bias = {int(k): -1e4 for k in NO_EOS}
+
+    def no_eos(_, scores):
+        for token, value in bias.items():
+            scores[token] = value
+        return scores
+
+    llama.create_completion(PROMPT, max_tokens=4)
+    rates, ttfts = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        first = None
+        tokens = 0
+        for _chunk in llama.create_completion(PROMPT, max_tokens=args.max_tokens, stream=True, temperature=1.0,
+                                              logits_processor=llama_cpp.LogitsProcessorList([no_eos])):
+            tokens += 1
+            if first is None:
+                first = time.perf_counter() - start
+        rates.append(tokens / (time.perf_counter() - start))
+        ttfts.append(first or 0.0)
+    llama.close()
+    return {"decode tok/s c=1": statistics.median(rates), "TTFT ms c=1": statistics.median(ttfts) * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    model_file = build_bench_model()
+    tiny.build(DEFAULT_ROOT)
+    tiny_file = DEFAULT_ROOT / tiny.CHAT_FILE
+    print(f"machine: {machine()}")
+    print(f"model: {model_file.name} ({model_file.stat().st_size / 2**20:.0f} MiB); tiny: {tiny_file.name}; "
+          f"max_tokens {args.max_tokens}, {args.repeats} repeats, medians, n_threads {args.threads}")
+    columns = {
+        "modelyard": bench_modelyard(model_file, tiny_file, args.threads, args),
+        "llama_cpp.server": bench_llama_cpp_server(model_file, tiny_file, args.threads, args),
+        "in-process": bench_in_process(model_file, args.threads, args),
+    }
+    rows = sorted({k for v in columns.values() for k in v}, key=lambda k: (k.split()[0], k))
+    print(f"\n| metric | {' | '.join(columns)} |")
+    print(f"|---|{'---|' * len(columns)}")
+    for row in rows:
+        cells = [f"{columns[c][row]:.1f}" if row in columns[c] else "-" for c in columns]
+        print(f"| {row} | {' | '.join(cells)} |")
+    ours, inproc = columns["modelyard"].get("decode tok/s c=1"), columns["in-process"].get("decode tok/s c=1")
+    if ours and inproc:
+        print(f"\nhop cost at c=1: {100 * (1 - ours / inproc):.1f}% of in-process decode speed")
+
+
+if __name__ == "__main__":
+    main()
