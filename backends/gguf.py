@@ -28,6 +28,7 @@ from backends.base import (
     StopMatcher,
 )
 from backends.gguf_file import MIB, GgufFile
+from backends.gguf_scheduler import Scheduler, Sequence
 
 DEFAULT_CONTEXT = 4096
 _RANDOM_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
@@ -54,16 +55,23 @@ class GgufAdapter:
             kwargs.update(n_batch=self.n_ctx, n_ubatch=self.n_ctx)
             if f"{self.file.architecture}.pooling_type" not in self.file.metadata:
                 kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        n_parallel = int(options.get("n_parallel") or 1)
+        if not self.embedding:
+            # The loader's own context is a stub: generation runs on a context made for batching.
+            kwargs.update(n_ctx=32, n_batch=32, n_ubatch=32)
         try:
             self.llama = llama_cpp.Llama(str(self.file.path), **kwargs)
         except ValueError as exc:
             raise RuntimeError(f"llama.cpp could not load {Path(self.file.path).name}: {exc}") from None
+        self._counters = {"tokens_generated": 0}
+        self.scheduler = None
+        if not self.embedding:
+            self.scheduler = self._batching_scheduler(n_parallel)
         self.vocab = self.llama._model.vocab
         self.n_vocab = self.llama.n_vocab()
         self._template_source = options.get("chat_template") or self.file.chat_template
         self._template = None
         self._lock = threading.Lock()
-        self._tokens_generated = 0
         self._prompt_tokens = 0
         self._requests = 0
 
@@ -76,11 +84,30 @@ class GgufAdapter:
         return (weights + kv + logits) / MIB + 16.0
 
     def stats(self) -> dict[str, Any]:
-        return {"tokens_generated": self._tokens_generated, "prompt_tokens": self._prompt_tokens,
+        return {"tokens_generated": self._counters["tokens_generated"], "prompt_tokens": self._prompt_tokens,
                 "requests": self._requests, "n_ctx": self.n_ctx}
 
     def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
+            self.ctx.close()
         self.llama.close()
+
+    def _batching_scheduler(self, n_parallel: int) -> Scheduler:
+        from llama_cpp import _internals
+
+        params = type(self.llama.context_params).from_buffer_copy(self.llama.context_params)
+        params.n_ctx = self.n_ctx
+        params.n_batch = params.n_ubatch = min(self.n_ctx, 512)
+        params.n_seq_max = n_parallel
+        params.kv_unified = True  # one pool of n_ctx cells: the memory estimate holds for any n_parallel
+        self.llama._ctx.close()
+        try:
+            self.ctx = _internals.LlamaContext(model=self.llama._model, params=params, verbose=False)
+        except ValueError as exc:
+            raise RuntimeError(f"llama.cpp could not create a {self.n_ctx}-token context: {exc}") from None
+        return Scheduler(self._lc, self.ctx, self.n_ctx, n_parallel, params.n_batch, self.llama.n_vocab(),
+                         self._counters)
 
     # ---- capabilities --------------------------------------------------------------------------
 
@@ -186,123 +213,49 @@ class GgufAdapter:
                                f"{len(tokens)}.", param=param, code="context_length_exceeded")
         bias = _logit_bias(params.logit_bias, self.n_vocab)
         grammar = self._grammar(params.response_format)
-        with self._lock:
-            self._requests += 1
-            self._prompt_tokens += len(tokens)
-            budget = self.n_ctx - len(tokens)
-            if params.max_tokens is not None:
-                budget = min(budget, params.max_tokens)
-            sampler = self._sampler(params, bias, grammar)
-            try:
-                offset = 0
-                if echo is not None and top is not None:
-                    yield {"text": echo, "logprobs": self._echo_logprobs(tokens, top)}
+        budget = self.n_ctx - len(tokens)
+        if params.max_tokens is not None:
+            budget = min(budget, params.max_tokens)
+        self._requests += 1
+        self._prompt_tokens += len(tokens)
+        stream = TokenStream(self, tokens, params.stop, top, echo)
+        sampler = self._sampler(params, bias, grammar)
+        seq = Sequence(tokens, sampler, budget, stream, cancel, prompt_logits=echo is not None and top is not None)
+        ended = False
+        try:
+            if echo is not None and top is None:
+                yield {"text": echo}
+            self.scheduler.submit(seq)
+            while True:
+                kind, payload = seq.events.get()
+                if kind == "chunk":
+                    yield payload
+                elif kind == "end":
+                    ended = True
+                    return payload
                 else:
-                    self._feed_prompt(tokens)
-                    if echo is not None:
-                        yield {"text": echo}
-                if echo is not None:
-                    offset = len(echo)
-                return (yield from self._decode(sampler, budget, params.stop, cancel, top, offset, len(tokens)))
-            finally:
-                sampler.close()
+                    ended = True
+                    raise payload
+        finally:
+            if not ended:  # abandoned: stop the sequence before its sampler goes
+                cancel.set()
+                while seq.events.get()[0] == "chunk":
+                    pass
+            sampler.close()
 
-    def _decode(self, sampler, budget: int, stop: list[str], cancel: Cancel, top: int | None, offset: int,
-                prompt_tokens: int) -> Chunks:
-        llama, lc = self.llama, self._lc
-        matcher = StopMatcher(stop)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        produced, emitted, text_len = 0, 0, 0  # tokens; characters sent; characters decoded
-        pending_logprobs: list[dict[str, Any]] = []
-        finish = "length"
-        while produced < budget:
-            if cancel:
-                finish = "cancelled"
-                break
-            logits = None
-            if top is not None:
-                logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(llama._ctx.ctx, -1), shape=(self.n_vocab,))
-            token = sampler.sample(llama._ctx, -1)
-            if lc.llama_vocab_is_eog(self.vocab, token):
-                finish = "stop"
-                break
-            produced += 1
-            self._tokens_generated += 1
-            piece = self._piece(token)
-            text = decoder.decode(piece)
-            if logits is not None:
-                pending_logprobs.append(self._logprob_entry(logits, token, piece, offset + text_len, top))
-            text_len += len(text)
-            out, hit = matcher.feed(text)
-            emitted += len(out)
-            chunk = self._chunk(out, pending_logprobs, offset + emitted, hit, top is not None)
-            if chunk:
-                yield chunk
-            if hit:
-                finish = "stop"
-                break
-            if produced < budget:
-                llama.eval([token])
-        if finish != "stop":
-            tail = matcher.flush() + decoder.decode(b"", final=True)
-            emitted += len(tail)
-            chunk = self._chunk(tail, pending_logprobs, offset + emitted, True, top is not None)
-            if chunk:
-                yield chunk
-        return {"finish_reason": finish, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": produced}}
-
-    @staticmethod
-    def _chunk(text: str, pending: list[dict[str, Any]], sent_until: int, final: bool,
-               with_logprobs: bool) -> dict[str, Any] | None:
-        """Text safe to send, with the logprobs of the tokens that begin inside it."""
-        ready = [e for e in pending if e["text_offset"] < sent_until]
-        pending[:] = [] if final else [e for e in pending if e["text_offset"] >= sent_until]
-        if not text and not ready:
-            return None
-        chunk: dict[str, Any] = {"text": text}
-        if with_logprobs:
-            chunk["logprobs"] = ready
-        return chunk
-
-    def _feed_prompt(self, tokens: list[int]) -> None:
-        """Evaluate the prompt, reusing the KV cache for the prefix it shares with the last request."""
-        llama = self.llama
-        cached = llama.input_ids[: llama.n_tokens]
-        shared = 0
-        for a, b in zip(cached, tokens, strict=False):
-            if a != b:
-                break
-            shared += 1
-        shared = min(shared, len(tokens) - 1)  # at least one token is decoded to get fresh logits
-        llama.n_tokens = shared
-        llama.eval(tokens[shared:])
-
-    def _echo_logprobs(self, tokens: list[int], top: int) -> list[dict[str, Any]]:
-        """Evaluate the whole prompt keeping every position's logits, for the echoed prompt's logprobs."""
-        llama, lc = self.llama, self._lc
-        llama.n_tokens = 0
-        llama._ctx.kv_cache_seq_rm(-1, 0, -1)
-        rows = []
-        for start in range(0, len(tokens), llama.n_batch):
-            part = tokens[start: start + llama.n_batch]
-            llama._batch.set_batch(batch=part, n_past=llama.n_tokens, logits_all=True)
-            llama._ctx.decode(llama._batch)
-            block = np.ctypeslib.as_array(lc.llama_get_logits(llama._ctx.ctx), shape=(len(part), self.n_vocab))
-            rows.append(block.copy())
-            llama.input_ids[llama.n_tokens: llama.n_tokens + len(part)] = part
-            llama.n_tokens += len(part)
-        logits = np.concatenate(rows)
+    def _echo_entries(self, tokens: list[int], rows: list[np.ndarray], top: int) -> list[dict[str, Any]]:
+        """The echoed prompt's logprobs: row i holds the logits that predicted token i + 1."""
         entries, offset = [], 0
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for i, token in enumerate(tokens):
             piece = self._piece(token)
-            if i == 0 and token == llama.token_bos():
+            if i == 0 and token == self.llama.token_bos():
                 continue  # BOS is not part of the prompt's text
             if i == 0:
                 entry = {"token": piece.decode("utf-8", errors="replace"), "logprob": None, "bytes": list(piece),
                          "text_offset": 0, "top_logprobs": []}
             else:
-                entry = self._logprob_entry(logits[i - 1], token, piece, offset, top)
+                entry = self._logprob_entry(rows[i - 1], token, piece, offset, top)
             text = decoder.decode(piece)
             if offset == 0 and text.startswith(" ") and i <= 1 and self._strips_space():
                 text = text[1:]
@@ -375,6 +328,62 @@ class GgufAdapter:
         except Exception as exc:
             raise InvalidInput(f"the JSON schema cannot be turned into a grammar: {exc}",
                                param="response_format") from None
+
+
+class TokenStream:
+    """Turns one sequence's sampled tokens into chunks: UTF-8 across tokens, stop strings held
+    back until they can be ruled out, logprobs attached to the chunk their token's text is in."""
+
+    def __init__(self, adapter: GgufAdapter, prompt: list[int], stop: list[str], top: int | None, echo: str | None):
+        self.adapter = adapter
+        self.prompt = prompt
+        self.top = top
+        self.echo = echo
+        self.wants_logits = top is not None
+        self.offset = len(echo) if echo is not None else 0
+        self.matcher = StopMatcher(stop)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending: list[dict[str, Any]] = []
+        self.decoded = 0  # characters decoded so far
+        self.emitted = 0  # characters sent so far
+
+    def prompt_done(self, rows: list[np.ndarray]) -> dict[str, Any]:
+        return {"text": self.echo or "", "logprobs": self.adapter._echo_entries(self.prompt, rows, self.top or 0)}
+
+    def emit(self, token: int, logits: np.ndarray | None) -> tuple[str | None, dict[str, Any] | None, bool]:
+        """(finish reason or None, chunk or None, whether the token counts as generated)."""
+        adapter = self.adapter
+        if adapter._lc.llama_vocab_is_eog(adapter.vocab, token):
+            return "stop", None, False
+        piece = adapter._piece(token)
+        text = self.decoder.decode(piece)
+        if logits is not None:
+            self.pending.append(adapter._logprob_entry(logits, token, piece, self.offset + self.decoded, self.top or 0))
+        self.decoded += len(text)
+        out, hit = self.matcher.feed(text)
+        self.emitted += len(out)
+        return ("stop" if hit else None), self._chunk(out, hit), True
+
+    def finish(self, reason: str, produced: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        tail = None
+        if reason != "stop":
+            text = self.matcher.flush() + self.decoder.decode(b"", final=True)
+            self.emitted += len(text)
+            tail = self._chunk(text, True)
+        final = {"finish_reason": reason, "usage": {"prompt_tokens": len(self.prompt), "completion_tokens": produced}}
+        return tail, final
+
+    def _chunk(self, text: str, final: bool) -> dict[str, Any] | None:
+        """Text safe to send, with the logprobs of the tokens that begin inside it."""
+        sent_until = self.offset + self.emitted
+        ready = [e for e in self.pending if e["text_offset"] < sent_until]
+        self.pending = [] if final else [e for e in self.pending if e["text_offset"] >= sent_until]
+        if not text and not ready:
+            return None
+        chunk: dict[str, Any] = {"text": text}
+        if self.wants_logits:
+            chunk["logprobs"] = ready
+        return chunk
 
 
 def _logit_bias(bias: dict[str, float], n_vocab: int) -> dict[int, float]:
