@@ -63,7 +63,7 @@ class GgufAdapter:
             self.llama = llama_cpp.Llama(str(self.file.path), **kwargs)
         except ValueError as exc:
             raise RuntimeError(f"llama.cpp could not load {Path(self.file.path).name}: {exc}") from None
-        self._counters = {"tokens_generated": 0}
+        self._counters = {"tokens_generated": 0, "peak_sequences": 0}
         self.scheduler = None
         if not self.embedding:
             self.scheduler = self._batching_scheduler(n_parallel)
@@ -84,7 +84,7 @@ class GgufAdapter:
         return (weights + kv + logits) / MIB + 16.0
 
     def stats(self) -> dict[str, Any]:
-        return {"tokens_generated": self._counters["tokens_generated"], "prompt_tokens": self._prompt_tokens,
+        return {**self._counters, "prompt_tokens": self._prompt_tokens,
                 "requests": self._requests, "n_ctx": self.n_ctx}
 
     def close(self) -> None:

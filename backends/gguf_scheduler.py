@@ -180,6 +180,7 @@ class Scheduler:
         if n == 0:
             return
         batch.n_tokens = n
+        self._counters["peak_sequences"] = max(self._counters.get("peak_sequences", 0), len(outputs))
         code = self._lc.llama_decode(self._ctx.ctx, batch)
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import jsonschema
@@ -285,6 +286,23 @@ def test_disconnect_mid_stream_stops_generation(s):
     time.sleep(0.3)
     assert s.resident("llama", stats=True)["worker"]["tokens_generated"] == first
     assert first - start < 200
+
+
+def test_concurrent_requests_decode_together(s):
+    body = {"model": "llama", "prompt": "go", "max_tokens": 48, "logit_bias": {"2": -100, "4": -100}}
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda i: s.http.post("/v1/completions", json={**body, "seed": i}).json(), range(4)))
+    assert all(r["usage"]["completion_tokens"] == 48 for r in replies)
+    assert s.resident("llama", stats=True)["worker"]["peak_sequences"] >= 2
+
+
+def test_requests_too_big_to_share_the_kv_pool_wait_their_turn(s):
+    # Each reserves 700 of the 1024 cells: the second waits for the first instead of overflowing.
+    body = {"model": "llama", "prompt": "go", "max_tokens": 700, "logit_bias": {"2": -100, "4": -100}}
+    with ThreadPoolExecutor(2) as pool:
+        replies = list(pool.map(lambda i: s.http.post("/v1/completions", json={**body, "seed": i}).json(), range(2)))
+    assert [r["usage"]["completion_tokens"] for r in replies] == [700, 700]
+    assert [r["choices"][0]["finish_reason"] for r in replies] == ["length", "length"]
 
 
 def test_models_list_reports_context_and_capabilities(s):
