@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import datetime
+import queue
 import threading
 from pathlib import Path
 from typing import Any
@@ -239,29 +240,12 @@ class GgufAdapter:
         finally:
             if not ended:  # abandoned: stop the sequence before its sampler goes
                 cancel.set()
-                while seq.events.get()[0] == "chunk":
-                    pass
+                try:
+                    while seq.events.get(timeout=5)[0] == "chunk":
+                        pass
+                except queue.Empty:
+                    return  # the scheduler is gone (shutdown); leave the sampler to the process exit
             sampler.close()
-
-    def _echo_entries(self, tokens: list[int], rows: list[np.ndarray], top: int) -> list[dict[str, Any]]:
-        """The echoed prompt's logprobs: row i holds the logits that predicted token i + 1."""
-        entries, offset = [], 0
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for i, token in enumerate(tokens):
-            piece = self._piece(token)
-            if i == 0 and token == self.llama.token_bos():
-                continue  # BOS is not part of the prompt's text
-            if i == 0:
-                entry = {"token": piece.decode("utf-8", errors="replace"), "logprob": None, "bytes": list(piece),
-                         "text_offset": 0, "top_logprobs": []}
-            else:
-                entry = self._logprob_entry(rows[i - 1], token, piece, offset, top)
-            text = decoder.decode(piece)
-            if offset == 0 and text.startswith(" ") and i <= 1 and self._strips_space():
-                text = text[1:]
-            offset += len(text)
-            entries.append(entry)
-        return entries
 
     def _strips_space(self) -> bool:
         # SPM vocabularies add a leading space to the prompt; the echoed text has none.
@@ -346,9 +330,38 @@ class TokenStream:
         self.pending: list[dict[str, Any]] = []
         self.decoded = 0  # characters decoded so far
         self.emitted = 0  # characters sent so far
+        self.echo_entries: list[dict[str, Any]] = []
 
-    def prompt_done(self, rows: list[np.ndarray]) -> dict[str, Any]:
-        return {"text": self.echo or "", "logprobs": self.adapter._echo_entries(self.prompt, rows, self.top or 0)}
+    def prompt_logits(self, row: np.ndarray) -> None:
+        """The logits after prompt position p, which scored the prompt's token p + 1."""
+        position = len(self.echo_entries)
+        if position + 1 < len(self.prompt):
+            token = self.prompt[position + 1]
+            self.echo_entries.append(self.adapter._logprob_entry(row, token, self.adapter._piece(token), 0,
+                                                                 self.top or 0))
+
+    def prompt_done(self) -> dict[str, Any]:
+        """The echoed prompt with its logprobs (BOS, not being text, is left out)."""
+        adapter, entries, offset, first_text = self.adapter, [], 0, True
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for i, token in enumerate(self.prompt):
+            piece = adapter._piece(token)
+            if i == 0 and token == adapter.llama.token_bos():
+                continue
+            if i == 0:  # nothing scored the first token
+                entry = {"token": piece.decode("utf-8", errors="replace"), "logprob": None, "bytes": list(piece),
+                         "top_logprobs": []}
+            else:
+                entry = self.echo_entries[i - 1]
+            text = decoder.decode(piece)
+            if first_text and text:
+                first_text = False
+                if text.startswith(" ") and adapter._strips_space() and not (self.echo or "").startswith(" "):
+                    text = text[1:]  # SPM's added leading space is not in the prompt the client sent
+            entries.append({**entry, "text_offset": offset})
+            offset += len(text)
+        self.echo_entries = []
+        return {"text": self.echo or "", "logprobs": entries}
 
     def emit(self, token: int, logits: np.ndarray | None) -> tuple[str | None, dict[str, Any] | None, bool]:
         """(finish reason or None, chunk or None, whether the token counts as generated)."""

@@ -8,7 +8,8 @@ cells, and a new request takes the idle slot sharing the longest prefix (chat fo
 re-reading the conversation).
 
 What a sequence produces is decided by its `stream` (backends/gguf.py): emit(token, logits) ->
-None to go on or a finish reason; prompt_done(rows) with the prompt's logits when asked;
+(finish reason, chunk, counted); prompt_logits(row) for each prompt position and then
+prompt_done() -> the echo chunk, when the prompt's logprobs are asked for;
 finish(reason) -> the final dict.
 """
 
@@ -40,7 +41,6 @@ class Sequence:
         self.slot: int | None = None
         self.n_past = 0
         self.pending: list[int] = []
-        self.prompt_rows: list[np.ndarray] = []
         self.in_prompt = True
         self.produced = 0
 
@@ -186,15 +186,14 @@ class Scheduler:
             raise RuntimeError(f"llama_decode returned {code}")
         for seq, start, count in outputs:
             if seq.in_prompt and seq.prompt_logits:
-                rows = [self._logits(start + i).copy() for i in range(count)]
-                seq.prompt_rows.extend(rows)
+                for i in range(count):
+                    seq.stream.prompt_logits(self._logits(start + i))  # used at once, never stored
             if seq.pending:
                 continue  # more prompt to read before sampling
             if seq.in_prompt:
                 seq.in_prompt = False
                 if seq.prompt_logits:
-                    self._put_chunk(seq, seq.stream.prompt_done(seq.prompt_rows))
-                    seq.prompt_rows = []
+                    self._put_chunk(seq, seq.stream.prompt_done())
             self._sample(seq, start + count - 1)
 
     def _sample(self, seq: Sequence, index: int) -> None:

@@ -251,13 +251,13 @@ def test_prompt_longer_than_context_is_400_before_generation(s):
     before = s.resident("llama", stats=True)
     before_tokens = before["worker"]["tokens_generated"] if before else 0
     with pytest.raises(openai.BadRequestError) as caught:
-        chat(s, messages=[{"role": "user", "content": "word " * 300}])
+        chat(s, messages=[{"role": "user", "content": "word " * 500}])
     assert caught.value.code == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as caught:
-        s.client().completions.create(model="llama", prompt="word " * 300, stream=True)
+        s.client().completions.create(model="llama", prompt="word " * 500, stream=True)
     assert caught.value.code == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as caught:
-        s.client().embeddings.create(model="embed", input="word " * 300)
+        s.client().embeddings.create(model="embed", input="word " * 500)
     assert caught.value.code == "context_length_exceeded"
     assert s.resident("llama", stats=True)["worker"]["tokens_generated"] == before_tokens
 

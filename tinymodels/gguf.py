@@ -29,7 +29,7 @@ CHAT_TEMPLATE = (
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
 
 
-def write_llama(path: Path, *, vocab: int = 264, dim: int = 64, layers: int = 2, heads: int = 4,
+def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2, heads: int = 4,
                 ffn: int | None = None, context: int = 2048, dtype=np.float32, fim: bool = True,
                 chat_template: str | None = CHAT_TEMPLATE, pooling: bool = False, seed: int = 0) -> None:
     """A llama-architecture GGUF with an SPM byte-fallback vocabulary of `vocab` tokens."""
@@ -42,12 +42,14 @@ def write_llama(path: Path, *, vocab: int = 264, dim: int = 64, layers: int = 2,
     types += [gguf.TokenType.CONTROL] * len(SPECIAL)
     tokens += [f"<0x{b:02X}>" for b in range(256)]
     types += [gguf.TokenType.BYTE] * 256
+    tokens.append("\u2581")  # the SPM space piece, so spaces decode as spaces
+    types.append(gguf.TokenType.NORMAL)
     filler = vocab - len(tokens)
     if filler < 0:
         raise ValueError(f"vocab must be at least {len(tokens)}")
     tokens += [f"\u2581w{i}" for i in range(filler)]  # ordinary pieces, only to reach the size asked
     types += [gguf.TokenType.NORMAL] * filler
-    scores = [0.0] * 3 + [0.0] * len(SPECIAL) + [0.0] * 256 + [-float(i + 1) for i in range(filler)]
+    scores = [0.0] * (3 + len(SPECIAL) + 256) + [-1.0] + [-float(i + 2) for i in range(filler)]
 
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_context_length(context)
