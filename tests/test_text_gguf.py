@@ -51,6 +51,10 @@ def s(models_root, tmp_path_factory):
         {"id": "llama", "backend": "gguf", "path": str(models_root / tiny.CHAT_FILE), "options": {"n_ctx": 1024}},
         {"id": "nofim", "backend": "gguf", "path": str(nofim), "options": {"n_ctx": 1024}},
         {"id": "embed", "backend": "gguf", "path": str(models_root / tiny.EMBED_FILE), "options": {"embedding": True}},
+        {"id": "plain", "backend": "gguf", "path": str(models_root / tiny.CHAT_FILE),
+         "options": {"n_ctx": 1024, "chat_template": "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"}},
+        {"id": "hostile", "backend": "gguf", "path": str(models_root / tiny.CHAT_FILE),
+         "options": {"n_ctx": 1024, "chat_template": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}},
         {"id": "truncated", "backend": "gguf", "path": str(tmp / "truncated.gguf")},
         {"id": "empty", "backend": "gguf", "path": str(tmp / "empty.gguf")},
     ]
@@ -303,6 +307,19 @@ def test_requests_too_big_to_share_the_kv_pool_wait_their_turn(s):
         replies = list(pool.map(lambda i: s.http.post("/v1/completions", json={**body, "seed": i}).json(), range(2)))
     assert [r["usage"]["completion_tokens"] for r in replies] == [700, 700]
     assert [r["choices"][0]["finish_reason"] for r in replies] == ["length", "length"]
+
+
+def test_chat_template_override_is_used(s):
+    reply = chat(s, model="plain", max_tokens=1)
+    # BOS, the space piece SPM adds, then one token per character of "[user]hello there" (its space is one piece)
+    assert reply.usage.prompt_tokens == 1 + 1 + len("[user]hello there")
+    assert chat(s, max_tokens=1).usage.prompt_tokens != reply.usage.prompt_tokens
+
+
+def test_hostile_chat_template_is_refused_by_the_sandbox(s):
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(s, model="hostile", max_tokens=1)
+    assert "chat template" in caught.value.message and "unsafe" in caught.value.message
 
 
 def test_models_list_reports_context_and_capabilities(s):
