@@ -1,9 +1,10 @@
 """GGUF models through llama-cpp-python: chat, completions (with fill-in-the-middle) and embeddings.
 
 We drive llama.cpp's decode and sampler chain ourselves rather than calling create_completion, so
-that the Cancel flag is checked between tokens, logprobs come from the raw logits, and chat
-templates render in jinja2's sandbox (llama-cpp-python's own template path was CVE-2024-34359).
-llama.cpp's context is not thread-safe: one lock serialises requests on a model.
+that the Cancel flag is checked between tokens, several requests decode in one batch
+(backends/gguf_scheduler.py owns the context on one thread), logprobs come from the raw logits,
+and chat templates render in jinja2's sandbox (llama-cpp-python's own template path was
+CVE-2024-34359). Embedding models use llama-cpp-python's embed() under a lock.
 """
 
 from __future__ import annotations
