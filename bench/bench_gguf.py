@@ -151,6 +151,8 @@ def modelyard_server(model_file: Path, tiny_file: Path, threads: int):
         registry = Path(tmp) / "models.yaml"
         registry.write_text(json.dumps({"models": [
             {"id": "bench", "backend": "gguf", "path": str(model_file), "keep_alive": -1,
+             "options": {"n_ctx": 2048, "n_threads": threads}},
+            {"id": "bench-batched", "backend": "gguf", "path": str(model_file), "keep_alive": -1,
              "options": {"n_ctx": 2048, "n_threads": threads, "n_parallel": 4}},
             {"id": "tiny", "backend": "gguf", "path": str(tiny_file), "keep_alive": -1,
              "options": {"n_ctx": 512, "n_threads": threads}},
@@ -217,7 +219,7 @@ class AdapterInProcess:
         from backends.gguf import GgufAdapter
 
         self.adapter = GgufAdapter({"id": "bench", "path": str(model_file),
-                                    "options": {"n_ctx": 2048, "n_threads": threads, "n_parallel": 4}})
+                                    "options": {"n_ctx": 2048, "n_threads": threads}})
         self.run(4)
 
     def run(self, max_tokens: int) -> tuple[float, float]:
@@ -259,15 +261,16 @@ def main() -> None:
     samples: dict[tuple[str, str], list[float]] = defaultdict(list)
     with modelyard_server(model_file, tiny_file, args.threads) as ours:
         with peer_server(model_file, "bench", 2048, args.threads) as peer:
-            servers = {"modelyard": ours, "llama_cpp.server": peer}
-            for base in servers.values():
-                asyncio.run(decode_once(base, "bench", 1, 4, NO_EOS))  # load and warm
+            servers = {"modelyard": (ours, "bench"), "modelyard n_parallel=4": (ours, "bench-batched"),
+                       "llama_cpp.server": (peer, "bench")}
+            for base, model in servers.values():
+                asyncio.run(decode_once(base, model, 1, 4, NO_EOS))  # load and warm
             in_process = {"llama-cpp-python in-process": LlamaInProcess(model_file, args.threads),
                           "our adapter in-process": AdapterInProcess(model_file, args.threads)}
             for _ in range(args.repeats):
                 for c in (1, 4):
-                    for name, base in servers.items():
-                        rate, firsts = asyncio.run(decode_once(base, "bench", c, args.max_tokens, NO_EOS))
+                    for name, (base, model) in servers.items():
+                        rate, firsts = asyncio.run(decode_once(base, model, c, args.max_tokens, NO_EOS))
                         samples[name, f"decode tok/s c={c}"].append(rate)
                         samples[name, f"TTFT ms c={c}"].extend(f * 1000 for f in firsts)
                 for name, engine in in_process.items():
@@ -283,7 +286,8 @@ def main() -> None:
                     for name, base in servers.items():
                         samples[name, f"tiny req/s c={c}"].append(
                             asyncio.run(request_rate(base, "tiny", c, args.requests)))
-    columns = ["modelyard", "llama_cpp.server", "llama-cpp-python in-process", "our adapter in-process"]
+    columns = ["modelyard", "modelyard n_parallel=4", "llama_cpp.server", "llama-cpp-python in-process",
+               "our adapter in-process"]
     rows = sorted({metric for _, metric in samples}, key=lambda k: (k.split()[0], k))
     print(f"\n| metric | {' | '.join(columns)} |")
     print(f"|---|{'---|' * len(columns)}")
@@ -291,7 +295,7 @@ def main() -> None:
         cells = [f"{statistics.median(samples[c, row]):.1f}" if samples.get((c, row)) else "-" for c in columns]
         print(f"| {row} | {' | '.join(cells)} |")
     ours_c1 = statistics.median(samples["modelyard", "decode tok/s c=1"])
-    for name in columns[2:]:
+    for name in columns[3:]:
         inproc = statistics.median(samples[name, "decode tok/s c=1"])
         print(f"modelyard over HTTP at c=1 vs {name}: {100 * (ours_c1 / inproc - 1):+.1f}% decode speed")
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
+import struct
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import Field, field_validator
 
 from server.protocol.common import WireModel
@@ -53,7 +53,7 @@ class EmbeddingRequest(WireModel):
 
 def encode(vector: list[float], encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
     return vector
 
 
