@@ -50,8 +50,11 @@ class GgufAdapter:
         gpu_layers = options.get("n_gpu_layers")
         if gpu_layers is None:
             gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        # llama.cpp uses n_threads_batch for any step of more than one token (prompts, batched
+        # decodes); llama-cpp-python defaults it to every core, so it follows n_threads here.
+        threads = options.get("n_threads")
         kwargs: dict[str, Any] = dict(n_ctx=self.n_ctx, n_gpu_layers=gpu_layers, verbose=False,
-                                      embedding=self.embedding, n_threads=options.get("n_threads"))
+                                      embedding=self.embedding, n_threads=threads, n_threads_batch=threads)
         if self.embedding:
             # A pooled embedding needs the whole input in one micro-batch.
             kwargs.update(n_batch=self.n_ctx, n_ubatch=self.n_ctx)

@@ -151,9 +151,9 @@ def modelyard_server(model_file: Path, tiny_file: Path, threads: int):
         registry = Path(tmp) / "models.yaml"
         registry.write_text(json.dumps({"models": [
             {"id": "bench", "backend": "gguf", "path": str(model_file), "keep_alive": -1,
-             "options": {"n_ctx": 2048, "n_threads": threads}},
-            {"id": "bench-batched", "backend": "gguf", "path": str(model_file), "keep_alive": -1,
-             "options": {"n_ctx": 2048, "n_threads": threads, "n_parallel": 4}},
+             "options": {"n_ctx": 2048, "n_threads": threads}},  # n_parallel 4, the default
+            {"id": "bench-serial", "backend": "gguf", "path": str(model_file), "keep_alive": -1,
+             "options": {"n_ctx": 2048, "n_threads": threads, "n_parallel": 1}},
             {"id": "tiny", "backend": "gguf", "path": str(tiny_file), "keep_alive": -1,
              "options": {"n_ctx": 512, "n_threads": threads}},
         ]}))
@@ -261,7 +261,7 @@ def main() -> None:
     samples: dict[tuple[str, str], list[float]] = defaultdict(list)
     with modelyard_server(model_file, tiny_file, args.threads) as ours:
         with peer_server(model_file, "bench", 2048, args.threads) as peer:
-            servers = {"modelyard": (ours, "bench"), "modelyard n_parallel=4": (ours, "bench-batched"),
+            servers = {"modelyard": (ours, "bench"), "modelyard n_parallel=1": (ours, "bench-serial"),
                        "llama_cpp.server": (peer, "bench")}
             for base, model in servers.values():
                 asyncio.run(decode_once(base, model, 1, 4, NO_EOS))  # load and warm
@@ -286,7 +286,7 @@ def main() -> None:
                     for name, base in servers.items():
                         samples[name, f"tiny req/s c={c}"].append(
                             asyncio.run(request_rate(base, "tiny", c, args.requests)))
-    columns = ["modelyard", "modelyard n_parallel=4", "llama_cpp.server", "llama-cpp-python in-process",
+    columns = ["modelyard", "modelyard n_parallel=1", "llama_cpp.server", "llama-cpp-python in-process",
                "our adapter in-process"]
     rows = sorted({metric for _, metric in samples}, key=lambda k: (k.split()[0], k))
     print(f"\n| metric | {' | '.join(columns)} |")

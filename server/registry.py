@@ -104,10 +104,8 @@ class GgufOptions(BaseModel):
 
     n_ctx: int | None = Field(None, ge=16, le=1_048_576, description="Context window; default min(trained, 4096).")
     n_gpu_layers: int | None = Field(None, ge=-1, description="Layers on the GPU; default all when one is visible.")
-    n_threads: int | None = Field(None, ge=1, le=512)
-    # 1 by default: on CPU builds measured here, llama.cpp's multi-sequence steps cost more than they
-    # save (bench/bench_gguf.py); on a GPU, batching is where concurrency pays.
-    n_parallel: int = Field(1, ge=1, le=64, description="Requests decoded together in one batch (shared KV pool).")
+    n_threads: int | None = Field(None, ge=1, le=512, description="Also used for prompts and batched steps.")
+    n_parallel: int = Field(4, ge=1, le=64, description="Requests decoded together in one batch (shared KV pool).")
     chat_template: str | None = Field(None, max_length=200_000, description="Overrides the GGUF's template.")
     embedding: bool = Field(False, description="Serve /v1/embeddings (pooled) instead of text generation.")
 

@@ -48,8 +48,7 @@ def s(models_root, tmp_path_factory):
     (tmp / "truncated.gguf").write_bytes(data[: len(data) // 2])
     (tmp / "empty.gguf").write_bytes(b"")
     models = [
-        {"id": "llama", "backend": "gguf", "path": str(models_root / tiny.CHAT_FILE),
-         "options": {"n_ctx": 1024, "n_parallel": 4}},
+        {"id": "llama", "backend": "gguf", "path": str(models_root / tiny.CHAT_FILE), "options": {"n_ctx": 1024}},
         {"id": "nofim", "backend": "gguf", "path": str(nofim), "options": {"n_ctx": 1024}},
         {"id": "embed", "backend": "gguf", "path": str(models_root / tiny.EMBED_FILE), "options": {"embedding": True}},
         {"id": "plain", "backend": "gguf", "path": str(models_root / tiny.CHAT_FILE),
