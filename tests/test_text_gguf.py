@@ -106,6 +106,20 @@ def test_same_seed_gives_same_output_and_other_seed_differs(s):
     assert first != other
 
 
+def test_max_completion_tokens_wins_over_max_tokens(s):
+    reply = chat(s, max_tokens=9, max_completion_tokens=3, logit_bias={"2": -100, "4": -100})
+    assert reply.usage.completion_tokens == 3
+
+
+def test_frequency_and_presence_penalties_discourage_repeats(s):
+    a = str(8 + 0x41)  # the byte "A", pushed up hard enough to repeat without a penalty
+    plain = chat(s, max_tokens=20, seed=9, logit_bias={a: 8, "2": -100, "4": -100}).choices[0].message.content
+    damped = chat(s, max_tokens=20, seed=9, logit_bias={a: 8, "2": -100, "4": -100},
+                  frequency_penalty=2.0, presence_penalty=2.0).choices[0].message.content
+    assert plain.count("A") >= 15
+    assert damped.count("A") < plain.count("A") - 5
+
+
 def test_n_2_returns_two_choices(s):
     reply = chat(s, n=2, seed=7, max_tokens=6, logit_bias={"2": -100, "4": -100})
     assert [c.index for c in reply.choices] == [0, 1]
