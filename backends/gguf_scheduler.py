@@ -5,7 +5,7 @@ Requests join and leave between steps; prompts are prefilled in chunks beside ru
 A sequence reserves prompt + max tokens of KV cells when admitted, so the pool never overflows:
 requests that do not fit wait for others to finish. Each idle slot keeps its last request's KV
 cells, and a new request takes the idle slot sharing the longest prefix (chat follow-ups skip
-re-reading the conversation).
+re-reading the conversation); other idle slots are cleared then.
 
 What a sequence produces is decided by its `stream` (backends/gguf.py): emit(token, logits) ->
 (finish reason, chunk, counted); prompt_logits(row) for each prompt position and then
@@ -117,11 +117,11 @@ class Scheduler:
             if self._active and reserved + seq.reserve > self._n_ctx:
                 return  # first come, first served: wait for room
             slot, shared = self._best_slot(seq)
-            idle_cached = sum(len(self._slots[i]) for i in self._free if i != slot)
-            if reserved + seq.reserve + idle_cached > self._n_ctx:
-                for i in self._free:
-                    if i != slot:
-                        self._clear(i)
+            # Idle slots' cells would stay in every step's attention span (measured: ~17% slower
+            # single-stream decode), so only the slot taken keeps its cached prefix.
+            for i in self._free:
+                if i != slot and self._slots[i]:
+                    self._clear(i)
             self._waiting.popleft()
             self._free.discard(slot)
             shared = min(shared, len(seq.tokens) - 1)  # decode at least one token for fresh logits
