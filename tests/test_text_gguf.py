@@ -113,8 +113,8 @@ def test_max_completion_tokens_wins_over_max_tokens(s):
 
 def test_frequency_and_presence_penalties_discourage_repeats(s):
     a = str(8 + 0x41)  # the byte "A", pushed up hard enough to repeat without a penalty
-    plain = chat(s, max_tokens=20, seed=9, logit_bias={a: 8, "2": -100, "4": -100}).choices[0].message.content
-    damped = chat(s, max_tokens=20, seed=9, logit_bias={a: 8, "2": -100, "4": -100},
+    plain = chat(s, max_tokens=20, seed=9, logit_bias={a: 10, "2": -100, "4": -100}).choices[0].message.content
+    damped = chat(s, max_tokens=20, seed=9, logit_bias={a: 10, "2": -100, "4": -100},
                   frequency_penalty=2.0, presence_penalty=2.0).choices[0].message.content
     assert plain.count("A") >= 15
     assert damped.count("A") < plain.count("A") - 5
@@ -314,6 +314,16 @@ def test_concurrent_requests_decode_together(s):
         replies = list(pool.map(lambda i: s.http.post("/v1/completions", json={**body, "seed": i}).json(), range(4)))
     assert all(r["usage"]["completion_tokens"] == 48 for r in replies)
     assert s.resident("llama", stats=True)["worker"]["peak_sequences"] >= 2
+
+
+def test_batched_requests_sharing_a_prompt_match_a_lone_request(s):
+    body = {"model": "llama", "prompt": "A shared system prompt, then", "max_tokens": 24, "temperature": 0,
+            "logit_bias": {"2": -100, "4": -100}}
+    alone = s.http.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    s.http.post("/v1/completions", json={**body, "prompt": "something else"})  # evict the cached prefix
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda _: s.http.post("/v1/completions", json=body).json(), range(3)))
+    assert [r["choices"][0]["text"] for r in together] == [alone] * 3
 
 
 def test_requests_too_big_to_share_the_kv_pool_wait_their_turn(s):
