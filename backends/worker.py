@@ -46,6 +46,7 @@ ADAPTERS = {
     "hf": "backends.hf_text:HfTextAdapter",
     "diffusers": "backends.diffusion:DiffusionAdapter",
     "faster-whisper": "backends.whisper:WhisperAdapter",
+    "gguf": "backends.gguf:GgufAdapter",
 }
 
 PARAMS = {"chat": ChatParams, "complete": CompletionParams, "embed": EmbeddingParams,

@@ -21,7 +21,7 @@ from server.imagestore import ImageStore
 from server.memory import MemoryProbe, default_budget_mb
 from server.metrics import Metrics
 from server.registry import Registry, load_registry
-from server.routes import admin, audio, chat, health, images, models
+from server.routes import admin, audio, chat, completions, embeddings, health, images, models
 from server.security import SecurityMiddleware
 from server.settings import Settings
 from server.workers import WorkerFactory
@@ -102,7 +102,8 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
 
     app = FastAPI(title="modelyard", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
-    for router in (chat.router, models.router, health.router, admin.router, images.router, audio.router):
+    for router in (chat.router, completions.router, embeddings.router, models.router, health.router,
+                   admin.router, images.router, audio.router):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)

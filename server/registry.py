@@ -440,7 +440,64 @@ class WhisperSpec(_Spec):
         return int(weights * (1.0 + 0.05 * self.options.beam_size) + 32)
 
 
-ModelSpec = Annotated[FakeSpec | HfSpec | DiffusionSpec | WhisperSpec, Field(discriminator="backend")]
+class GgufOptions(BaseModel):
+    """llama-cpp-python settings for one GGUF file (see backends/gguf.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_ctx: int | None = Field(None, ge=16, le=1_048_576, description="Context window; default min(trained, 4096).")
+    n_gpu_layers: int | None = Field(None, ge=-1, description="Layers on the GPU; default all when one is visible.")
+    n_threads: int | None = Field(None, ge=1, le=512, description="Also used for prompts and batched steps.")
+    n_parallel: int = Field(4, ge=1, le=64, description="Requests decoded together in one batch (shared KV pool).")
+    chat_template: str | None = Field(None, max_length=200_000, description="Overrides the GGUF's template.")
+    embedding: bool = Field(False, description="Serve /v1/embeddings (pooled) instead of text generation.")
+
+
+GGUF_DEFAULT_CONTEXT = 4096
+GGUF_OVERHEAD_MB = 48  # llama.cpp's compute and output buffers for a small model, roughly
+
+
+class GgufSpec(_Spec):
+    backend: Literal["gguf"]
+    path: Path
+    options: GgufOptions = GgufOptions()
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:  # type: ignore[override]
+        if self.options.embedding:
+            return frozenset({Capability.EMBEDDING})
+        return frozenset({Capability.CHAT, Capability.COMPLETION})
+
+    def files(self) -> Iterable[Path]:
+        return (self.path,)
+
+    def _file(self):
+        from backends.gguf_file import GgufFile, GgufFileError
+
+        try:
+            return GgufFile.read(self.path)
+        except GgufFileError:
+            return None  # the load reports the problem; estimates fall back to the file size
+
+    def n_ctx(self, info=None) -> int | None:
+        if self.options.n_ctx:
+            return self.options.n_ctx
+        info = info or self._file()
+        return min(info.context_length, GGUF_DEFAULT_CONTEXT) if info else None
+
+    def context_limit(self) -> int | None:
+        return self.context_length or self.n_ctx()
+
+    def estimate_mb(self) -> int:
+        info = self._file()
+        if info is None:
+            size = self.path.stat().st_size if self.path.exists() else 0
+            return int(size / 2**20) + GGUF_OVERHEAD_MB
+        kv = 0 if self.options.embedding else info.kv_cache_bytes(self.n_ctx(info) or GGUF_DEFAULT_CONTEXT)
+        return int((info.size_bytes + kv) / 2**20) + GGUF_OVERHEAD_MB
+
+
+ModelSpec = Annotated[FakeSpec | GgufSpec | HfSpec | DiffusionSpec | WhisperSpec, Field(discriminator="backend")]
 _SPEC_ADAPTER: TypeAdapter = TypeAdapter(ModelSpec)
 
 

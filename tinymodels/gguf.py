@@ -1,7 +1,121 @@
-"""Tiny gguf demo models (issue 3)."""
+"""Tiny random llama models in GGUF: a chat model with FIM tokens and a chat template, and an
+embedding model. `write_llama` also makes the benchmark-sized file (bench/bench_gguf.py).
 
+Random weights: the text is meaningless, the loading and decoding path is the one a 7B file takes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
 from pathlib import Path
+
+import numpy as np
+
+CHAT_FILE = "tiny-llama.gguf"
+EMBED_FILE = "tiny-embed.gguf"
+
+# ChatML-style, with tools and tool results, so the tool-call round trip renders like a real model's.
+CHAT_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nYou may call these tools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% endif %}"
+    "{% if m.get('tool_calls') %}{{ m['tool_calls'] | tojson }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Control tokens after <unk> <s> </s>; the FIM ids go into the metadata (llama.cpp reads them from there).
+SPECIAL = ["<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
+
+
+def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2, heads: int = 4,
+                ffn: int | None = None, context: int = 2048, dtype=np.float32, fim: bool = True,
+                chat_template: str | None = CHAT_TEMPLATE, pooling: bool = False, seed: int = 0) -> None:
+    """A llama-architecture GGUF with an SPM byte-fallback vocabulary of `vocab` tokens."""
+    import gguf
+
+    ffn = ffn or dim * 2
+    rng = np.random.default_rng(seed)
+    tokens: list[str] = ["<unk>", "<s>", "</s>", *SPECIAL]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    types += [gguf.TokenType.CONTROL] * len(SPECIAL)
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [gguf.TokenType.BYTE] * 256
+    tokens.append("\u2581")  # the SPM space piece, so spaces decode as spaces
+    types.append(gguf.TokenType.NORMAL)
+    filler = vocab - len(tokens)
+    if filler < 0:
+        raise ValueError(f"vocab must be at least {len(tokens)}")
+    tokens += [f"\u2581w{i}" for i in range(filler)]  # ordinary pieces, only to reach the size asked
+    types += [gguf.TokenType.NORMAL] * filler
+    scores = [0.0] * (3 + len(SPECIAL) + 256) + [-1.0] + [-float(i + 2) for i in range(filler)]
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(context)
+    writer.add_embedding_length(dim)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(dim // heads)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == np.float16 else gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_eot_token_id(tokens.index("<|im_end|>"))
+    writer.add_add_bos_token(True)
+    if fim:
+        writer.add_uint32(gguf.Keys.Tokenizer.FIM_PRE_ID, tokens.index("<|fim_prefix|>"))
+        writer.add_uint32(gguf.Keys.Tokenizer.FIM_SUF_ID, tokens.index("<|fim_suffix|>"))
+        writer.add_uint32(gguf.Keys.Tokenizer.FIM_MID_ID, tokens.index("<|fim_middle|>"))
+    if chat_template:
+        writer.add_chat_template(chat_template)
+    if pooling:
+        writer.add_pooling_type(gguf.PoolingType.MEAN)
+
+    def tensor(*shape: int):
+        return (rng.standard_normal(shape) * 0.05).astype(dtype)
+
+    norm = np.ones(dim, dtype=np.float32)
+    writer.add_tensor("token_embd.weight", tensor(vocab, dim))
+    for i in range(layers):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", norm)
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(f"blk.{i}.{name}.weight", tensor(dim, dim))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", norm)
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", tensor(ffn, dim))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", tensor(ffn, dim))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", tensor(dim, ffn))
+    writer.add_tensor("output_norm.weight", norm)
+    writer.add_tensor("output.weight", tensor(vocab, dim))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def build_file(target: Path, **kwargs) -> Path:
+    """Write to a temp file beside `target`, then rename: a half-written model is never used."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
+    os.close(fd)
+    try:
+        write_llama(Path(tmp), **kwargs)
+        shutil.move(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 def build(root: Path) -> None:
-    """Builds nothing yet: the text-generation work fills this in."""
+    build_file(root / CHAT_FILE)
+    build_file(root / EMBED_FILE, dim=32, layers=1, heads=2, fim=False, chat_template=None, pooling=True, seed=1)

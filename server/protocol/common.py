@@ -17,6 +17,8 @@ MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 N = Annotated[int, Field(ge=1, le=16)]
 StopText = Annotated[str, Field(max_length=512)]
+Bias = Annotated[float, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]
+LogitBias = Annotated[dict[Annotated[str, Field(pattern=r"^\d{1,9}$")], Bias], Field(max_length=1024)]
 
 
 class WireModel(BaseModel):
@@ -36,6 +38,7 @@ class GenerationRequest(WireModel):
     seed: Seed | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
     keep_alive: float | int | str | None = Field(None, description="Ollama-style: seconds or '5m'.")
     user: str | None = None
 
@@ -45,6 +48,15 @@ class GenerationRequest(WireModel):
         from server.registry import parse_keep_alive
 
         return None if value is None else parse_keep_alive(value)
+
+    def sampling(self) -> dict[str, Any]:
+        """The contract's SamplingParams fields this request sets (backends/base.py)."""
+        params: dict[str, Any] = {"stop": self.stop_list()}
+        for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias"):
+            value = getattr(self, name)
+            if value is not None:
+                params[name] = value
+        return params
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

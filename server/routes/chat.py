@@ -8,24 +8,38 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from backends.capability import Capability
+from server.errors import InvalidRequest
 from server.protocol import chat as wire
+from server.protocol import logprobs as lp
+from server.protocol import tools
 from server.protocol.common import new_id, now, usage
 from server.routes.common import Generation, resolve, services, sse, sse_response, until_disconnected
 
 router = APIRouter()
 
 
-def engine_params(body: wire.ChatCompletionRequest) -> dict[str, Any]:
+def engine_params(body: wire.ChatCompletionRequest, plan: tools.ToolPlan) -> dict[str, Any]:
     params: dict[str, Any] = {
         "messages": [m.model_dump(exclude_none=True) for m in body.messages],
         "max_tokens": body.token_limit(),
-        "stop": body.stop_list(),
+        **body.sampling(),
     }
-    for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
-        value = getattr(body, name)
-        if value is not None:
-            params[name] = value
+    if body.logprobs:
+        params["logprobs"] = True
+        params["top_logprobs"] = body.top_logprobs or 0
+    if body.response_format is not None:
+        params["response_format"] = body.response_format.normalised()
+    if plan.schema is not None:
+        params["response_format"] = {"type": "json_schema", "schema": plan.schema}
+        params["tools"] = body.tool_dicts()
     return params
+
+
+def tool_plan(body: wire.ChatCompletionRequest) -> tools.ToolPlan:
+    try:
+        return tools.plan(body.tool_dicts(), body.tool_choice_value())
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="tool_choice") from None
 
 
 def per_choice(params: dict[str, Any], n: int) -> list[dict[str, Any]]:
@@ -38,11 +52,12 @@ def per_choice(params: dict[str, Any], n: int) -> list[dict[str, Any]]:
 @router.post("/v1/chat/completions")
 async def create_chat_completion(request: Request, body: wire.ChatCompletionRequest):
     spec = resolve(request, body.model, Capability.CHAT)
-    params = per_choice(engine_params(body), body.n)
+    plan = tool_plan(body)
+    params = per_choice(engine_params(body, plan), body.n)
     generation = await Generation.open(request, spec, body.keep_alive, "chat", params)
     cid, created = new_id("chatcmpl"), now()
     if body.stream:
-        return sse_response(request, generation, _stream(body, generation, cid, created))
+        return sse_response(request, generation, _stream(body, plan, generation, cid, created))
     try:
         results = await until_disconnected(request, generation.collect())
     finally:
@@ -50,7 +65,14 @@ async def create_chat_completion(request: Request, body: wire.ChatCompletionRequ
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for index, (chunks, final) in enumerate(results):
         text = "".join(c.get("text", "") for c in chunks)
-        choices.append(wire.choice(index, text, final.get("finish_reason", "stop")))
+        reason = final.get("finish_reason", "stop")
+        logprobs = _logprobs(body, chunks)
+        if plan.schema is not None:
+            outcome = tools.interpret(text, plan, reason)
+            extra = {"tool_calls": outcome.tool_calls} if outcome.tool_calls else {}
+            choices.append(wire.choice(index, outcome.content, outcome.finish_reason, logprobs, **extra))
+        else:
+            choices.append(wire.choice(index, text, reason, logprobs))
         prompt_tokens = final.get("usage", {}).get("prompt_tokens", 0)
         completion_tokens += final.get("usage", {}).get("completion_tokens", 0)
     generation.usage = (prompt_tokens, completion_tokens)
@@ -58,20 +80,45 @@ async def create_chat_completion(request: Request, body: wire.ChatCompletionRequ
     return wire.completion(cid, created, body.model, choices, usage(prompt_tokens, completion_tokens))
 
 
-async def _stream(body: wire.ChatCompletionRequest, generation: Generation, cid: str,
+def _logprobs(body: wire.ChatCompletionRequest, chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not body.logprobs:
+        return None
+    entries = [e for c in chunks for e in c.get("logprobs", [])]
+    return {"content": lp.chat_content(entries), "refusal": None}
+
+
+async def _stream(body: wire.ChatCompletionRequest, plan: tools.ToolPlan, generation: Generation, cid: str,
                   created: int) -> AsyncIterator[bytes]:
     with_usage = body.include_usage()
     model = body.model
+    held: dict[int, list[dict[str, Any]]] = {i: [] for i in range(body.n)}  # tool output is parsed whole
+
+    def event(*choices: dict[str, Any]) -> bytes:
+        return sse(wire.chunk(cid, created, model, list(choices), with_usage))
+
     for index in range(body.n):
-        yield sse(wire.chunk(cid, created, model, [wire.delta(index, role="assistant", content="")], with_usage))
+        yield event(wire.delta(index, role="assistant", content=""))
     async for index, piece in generation.events():
-        if piece.get("text"):
-            yield sse(wire.chunk(cid, created, model, [wire.delta(index, content=piece["text"])], with_usage))
+        if plan.schema is not None:
+            held[index].append(piece)
+        elif piece.get("text") or piece.get("logprobs"):
+            yield event(wire.delta(index, content=piece.get("text", ""), logprobs=_logprobs(body, [piece])))
     prompt_tokens = completion_tokens = 0
     for index, call in enumerate(generation.calls):
         final = call.final or {}
         reason = final.get("finish_reason", "stop")
-        yield sse(wire.chunk(cid, created, model, [wire.delta(index, finish_reason=reason)], with_usage))
+        if plan.schema is not None:
+            text = "".join(c.get("text", "") for c in held[index])
+            outcome = tools.interpret(text, plan, reason)
+            reason = outcome.finish_reason
+            logprobs = _logprobs(body, held[index])
+            if outcome.tool_calls:
+                for fragment in tools.stream_deltas(outcome.tool_calls):
+                    yield event(wire.delta(index, logprobs=logprobs, **fragment))
+                    logprobs = None
+            elif outcome.content:
+                yield event(wire.delta(index, content=outcome.content, logprobs=logprobs))
+        yield event(wire.delta(index, finish_reason=reason))
         prompt_tokens = final.get("usage", {}).get("prompt_tokens", 0)
         completion_tokens += final.get("usage", {}).get("completion_tokens", 0)
     generation.usage = (prompt_tokens, completion_tokens)

@@ -1,0 +1,265 @@
+"""Continuous batching for llama.cpp: one thread owns the context and decodes every running
+sequence in one llama_decode per step (each on its own sequence id over a unified KV cache).
+
+Requests join and leave between steps; prompts are prefilled in chunks beside running decodes.
+A sequence reserves prompt + max tokens of KV cells when admitted, so the pool never overflows:
+requests that do not fit wait for others to finish. Each idle slot keeps its last request's KV
+cells, and a new request takes the idle slot sharing the longest prefix (chat follow-ups skip
+re-reading the conversation); other idle slots are cleared then.
+
+What a sequence produces is decided by its `stream` (backends/gguf.py): emit(token, logits) ->
+(finish reason, chunk, counted); prompt_logits(row) for each prompt position and then
+prompt_done() -> the echo chunk, when the prompt's logprobs are asked for;
+finish(reason) -> the final dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+_IDLE_WAIT_S = 0.05  # how often an idle scheduler looks for cancelled waiters
+
+
+class Sequence:
+    """One request's decoding state. The caller reads `events`: ("chunk", dict), ("end", dict) or
+    ("error", exception)."""
+
+    def __init__(self, tokens: list[int], sampler, budget: int, stream, cancel, prompt_logits: bool = False):
+        self.tokens = tokens
+        self.sampler = sampler
+        self.budget = budget
+        self.stream = stream
+        self.cancel = cancel
+        self.prompt_logits = prompt_logits
+        self.events: queue.Queue = queue.Queue()
+        self.slot: int | None = None
+        self.n_past = 0
+        self.pending: list[int] = []
+        self.in_prompt = True
+        self.produced = 0
+
+    @property
+    def reserve(self) -> int:
+        return len(self.tokens) + self.budget
+
+
+class Scheduler:
+    def __init__(self, lc, ctx, n_ctx: int, n_parallel: int, n_batch: int, n_vocab: int, counters: dict):
+        from llama_cpp import _internals
+
+        self._lc = lc
+        self._ctx = ctx
+        self._n_ctx = n_ctx
+        self._n_batch = n_batch
+        self._n_vocab = n_vocab
+        self._counters = counters
+        self._memory = lc.llama_get_memory(ctx.ctx)
+        self._batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
+        self._slots: list[list[int]] = [[] for _ in range(n_parallel)]  # tokens whose KV each slot holds
+        self._free = set(range(n_parallel))
+        self._waiting: deque[Sequence] = deque()
+        self._active: list[Sequence] = []
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="llama-scheduler", daemon=True)
+        self._thread.start()
+
+    def submit(self, seq: Sequence) -> None:
+        with self._cv:
+            self._waiting.append(seq)
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(10)
+        self._batch.close()
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self._active and not self._waiting:
+                    self._cv.wait(_IDLE_WAIT_S)
+                if self._stopping:
+                    break
+                self._drop_cancelled_waiters()
+                self._admit()
+            if not self._active:
+                with self._cv:
+                    self._cv.wait(_IDLE_WAIT_S)  # waiters that do not fit yet
+                continue
+            try:
+                self._step()
+            except Exception as exc:  # the engine failed: fail what was running, keep serving
+                for seq in list(self._active):
+                    self._fail(seq, exc)
+        for seq in [*self._active, *self._waiting]:
+            self._fail(seq, RuntimeError("the model is shutting down"))
+
+    def _drop_cancelled_waiters(self) -> None:
+        for seq in [s for s in self._waiting if s.cancel]:
+            self._waiting.remove(seq)
+            self._finish(seq, "cancelled")
+
+    def _admit(self) -> None:
+        while self._waiting and self._free:
+            seq = self._waiting[0]
+            reserved = sum(s.reserve for s in self._active)
+            if self._active and reserved + seq.reserve > self._n_ctx:
+                return  # first come, first served: wait for room
+            slot, shared = self._best_slot(seq)
+            limit = len(seq.tokens) - 1  # decode at least one token for fresh logits
+            source, source_shared = self._best_source(seq)
+            if min(source_shared, limit) > min(shared, limit) and source != slot:
+                # Share the prefix cells another sequence holds (a unified KV cell can belong to
+                # several sequences): concurrent requests with one system prompt read it once.
+                self._clear(slot)
+                shared = min(source_shared, limit)
+                self._lc.llama_memory_seq_cp(self._memory, source, slot, 0, shared)
+                self._slots[slot] = list(self._slots[source][:shared])
+            # Idle slots' cells would stay in every step's attention span (measured: ~17% slower
+            # single-stream decode), so only the slot taken keeps its cached prefix.
+            for i in self._free:
+                if i != slot and self._slots[i]:
+                    self._clear(i)
+            self._waiting.popleft()
+            self._free.discard(slot)
+            shared = min(shared, limit)
+            self._lc.llama_memory_seq_rm(self._memory, slot, shared, -1)
+            del self._slots[slot][shared:]
+            seq.slot, seq.n_past, seq.pending = slot, shared, list(seq.tokens[shared:])
+            self._active.append(seq)
+
+    def _best_slot(self, seq: Sequence) -> tuple[int, int]:
+        best, best_shared = min(self._free), 0
+        if seq.prompt_logits:
+            return best, 0  # every prompt position must be decoded again
+        for slot in sorted(self._free):
+            shared = 0
+            for a, b in zip(self._slots[slot], seq.tokens, strict=False):
+                if a != b:
+                    break
+                shared += 1
+            if shared > best_shared:
+                best, best_shared = slot, shared
+        return best, best_shared
+
+    def _best_source(self, seq: Sequence) -> tuple[int, int]:
+        """The slot, busy or idle, whose cached tokens share the longest prefix with `seq`."""
+        best, best_shared = -1, 0
+        if seq.prompt_logits:
+            return best, 0
+        for slot, cached in enumerate(self._slots):
+            shared = 0
+            for a, b in zip(cached, seq.tokens, strict=False):
+                if a != b:
+                    break
+                shared += 1
+            if shared > best_shared:
+                best, best_shared = slot, shared
+        return best, best_shared
+
+    def _clear(self, slot: int) -> None:
+        self._lc.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        self._slots[slot] = []
+
+    def _step(self) -> None:
+        batch = self._batch.batch
+        n = 0
+        outputs: list[tuple[Sequence, int, int]] = []  # (sequence, first batch index, count)
+        # Running decodes first (one token each), then prompt chunks in the room left.
+        order = sorted(self._active, key=lambda s: s.in_prompt)
+        for seq in order:
+            if seq.cancel:
+                self._finish(seq, "cancelled")
+                continue
+            room = self._n_batch - n
+            if room <= 0:
+                break
+            take = seq.pending[:room]
+            if not take:
+                continue
+            last_of_prompt = len(take) == len(seq.pending)
+            start = n
+            for i, token in enumerate(take):
+                batch.token[n] = token
+                batch.pos[n] = seq.n_past + i
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq.slot
+                batch.logits[n] = (seq.in_prompt and seq.prompt_logits) or (last_of_prompt and i == len(take) - 1)
+                n += 1
+            seq.n_past += len(take)
+            self._slots[seq.slot].extend(take)
+            del seq.pending[: len(take)]
+            outputs.append((seq, start, len(take)))
+        if n == 0:
+            return
+        batch.n_tokens = n
+        self._counters["peak_sequences"] = max(self._counters.get("peak_sequences", 0), len(outputs))
+        code = self._lc.llama_decode(self._ctx.ctx, batch)
+        if code != 0:
+            raise RuntimeError(f"llama_decode returned {code}")
+        for seq, start, count in outputs:
+            if seq.in_prompt and seq.prompt_logits:
+                for i in range(count):
+                    seq.stream.prompt_logits(self._logits(start + i))  # used at once, never stored
+            if seq.pending:
+                continue  # more prompt to read before sampling
+            if seq.in_prompt:
+                seq.in_prompt = False
+                if seq.prompt_logits:
+                    self._put_chunk(seq, seq.stream.prompt_done())
+            self._sample(seq, start + count - 1)
+
+    def _sample(self, seq: Sequence, index: int) -> None:
+        if seq.cancel:
+            self._finish(seq, "cancelled")
+            return
+        logits = self._logits(index) if seq.stream.wants_logits else None
+        token = self._lc.llama_sampler_sample(seq.sampler.sampler, self._ctx.ctx, index)
+        reason, chunk, counted = seq.stream.emit(token, logits)
+        self._put_chunk(seq, chunk)
+        if counted:
+            seq.produced += 1
+            self._counters["tokens_generated"] += 1
+        if reason is None and seq.produced >= seq.budget:
+            reason = "length"
+        if reason is not None:
+            self._finish(seq, reason)
+        else:
+            seq.pending = [token]
+
+    def _logits(self, index: int) -> np.ndarray:
+        return np.ctypeslib.as_array(self._lc.llama_get_logits_ith(self._ctx.ctx, index), shape=(self._n_vocab,))
+
+    @staticmethod
+    def _put_chunk(seq: Sequence, chunk: dict[str, Any] | None) -> None:
+        if chunk:
+            seq.events.put(("chunk", chunk))
+
+    def _release(self, seq: Sequence) -> None:
+        with contextlib.suppress(ValueError):
+            self._active.remove(seq)
+        if seq.slot is not None:
+            self._free.add(seq.slot)
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self._release(seq)
+        tail, final = seq.stream.finish(reason, seq.produced)
+        self._put_chunk(seq, tail)
+        seq.events.put(("end", final))
+
+    def _fail(self, seq: Sequence, exc: Exception) -> None:
+        self._release(seq)
+        if seq.slot is not None:
+            self._clear(seq.slot)
+        seq.events.put(("error", exc))
