@@ -11,7 +11,7 @@ from backends.capability import Capability
 from server.protocol import completions as wire
 from server.protocol import logprobs as lp
 from server.protocol.common import new_id, now, usage
-from server.routes.common import Generation, resolve, services, sse, sse_response
+from server.routes.common import Generation, resolve, services, sse, sse_response, until_disconnected
 
 router = APIRouter()
 
@@ -53,7 +53,7 @@ async def create_completion(request: Request, body: wire.CompletionRequest):
     if body.stream:
         return sse_response(request, generation, _stream(body, generation, cid, created))
     try:
-        results = await generation.collect()
+        results = await until_disconnected(request, generation.collect())
     finally:
         generation.close()
     choices = [wire.choice(i, "".join(c.get("text", "") for c in chunks), final.get("finish_reason", "stop"),
