@@ -136,20 +136,24 @@ def cuda_visible() -> bool:
     return os.path.exists("/dev/nvidiactl")
 
 
+def safetensors_header(file: Path) -> dict[str, tuple[str, int]]:
+    """name -> (dtype, element count) from one .safetensors header; no weights are read."""
+    with file.open("rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        if length <= 0 or length > 100 * MIB:
+            raise ValueError(f"{file}: not a safetensors file (header size {length})")
+        header = json.loads(fh.read(length))
+    return {name: (meta["dtype"], math.prod(int(d) for d in meta["shape"]))
+            for name, meta in header.items() if name != "__metadata__"}
+
+
 def safetensors_tensors(directory: Path) -> dict[str, tuple[str, int]]:
-    """name -> (dtype, element count) from the safetensors headers; an unreadable file counts as raw
-    bytes (the worker's load then reports what is wrong with it)."""
+    """Every tensor of a directory's checkpoints; an unreadable file counts as raw bytes (the
+    worker's load then reports what is wrong with it)."""
     tensors: dict[str, tuple[str, int]] = {}
     for file in sorted(directory.glob("*.safetensors")):
         try:
-            with file.open("rb") as fh:
-                (length,) = struct.unpack("<Q", fh.read(8))
-                if length > 100 * MIB:
-                    raise ValueError("implausible header size")
-                header = json.loads(fh.read(length))
-            for name, meta in header.items():
-                if name != "__metadata__":
-                    tensors[name] = (meta["dtype"], math.prod(int(d) for d in meta["shape"]))
+            tensors.update(safetensors_header(file))
         except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error):
             tensors[f"{file.name}:unreadable"] = ("U8", file.stat().st_size if file.exists() else 0)
     return tensors
@@ -265,8 +269,6 @@ def _quantizable(name: str, count: int) -> bool:
 # ---- images and speech -----------------------------------------------------------------------
 
 _SIZE = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
-_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 MIB = 1024 * 1024
 
 
@@ -279,20 +281,10 @@ def parse_size(value: str) -> tuple[int, int]:
 
 
 def safetensors_parameters(path: Path) -> dict[str, int]:
-    """Element counts per dtype, read from a .safetensors header (no engine, no weights read)."""
-    with open(path, "rb") as handle:
-        length = int.from_bytes(handle.read(8), "little")
-        if length <= 0 or length > 100 * MIB:
-            raise ValueError(f"{path}: not a safetensors file")
-        header = json.loads(handle.read(length))
+    """Element counts per dtype in one .safetensors file."""
     counts: dict[str, int] = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        elements = 1
-        for dim in entry["shape"]:
-            elements *= dim
-        counts[entry["dtype"]] = counts.get(entry["dtype"], 0) + elements
+    for dtype, count in safetensors_header(path).values():
+        counts[dtype] = counts.get(dtype, 0) + count
     return counts
 
 
@@ -301,7 +293,7 @@ def _weights_mb(files: Iterable[Path], runtime_bytes: int | None) -> float:
     total = 0
     for path in files:
         for dtype, count in safetensors_parameters(path).items():
-            stored = _SAFETENSORS_BYTES.get(dtype, 4)
+            stored = _ST_BYTES.get(dtype, 4)
             floating = dtype.startswith(("F", "BF"))
             total += count * (runtime_bytes if runtime_bytes and floating else stored)
     return total / MIB
