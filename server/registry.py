@@ -269,7 +269,6 @@ def _quantizable(name: str, count: int) -> bool:
 # ---- images and speech -----------------------------------------------------------------------
 
 _SIZE = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
-MIB = 1024 * 1024
 
 
 def parse_size(value: str) -> tuple[int, int]:
