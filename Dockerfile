@@ -47,13 +47,16 @@ ENV PATH=/opt/modelyard/bin:$PATH \
     MODELYARD_PORT=8000 \
     MODELYARD_MODELS=/etc/modelyard/models.yaml \
     MODELYARD_CACHE_DIR=/cache/modelyard \
-    MODELYARD_MODEL_DIRS=/etc/modelyard,/models,/cache \
+    MODELYARD_MODEL_DIRS=/etc/modelyard,/models,/cache,/home/modelyard/.cache/modelyard \
     HF_HOME=/cache/huggingface
 # Weights (Hugging Face cache, GGUF files, demo models) outlive the container.
 VOLUME ["/cache"]
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /home/modelyard
+# The shipped models.yaml serves tiny generated demo models from ~/.cache/modelyard/demo: build them
+# into the image (a few MB, CPU only) so the default registry answers out of the box.
+RUN GPTQMODEL_CPU_WORKERS=2 HF_HUB_OFFLINE=1 python3 -m tinymodels
 EXPOSE 8000
 # Ready means the arbiter takes requests; the start period covers a cold start on a slow disk.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=5m --retries=3 \

@@ -272,3 +272,14 @@ def test_service_and_servicemonitor_reach_the_pods_metrics_port():
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     registry = yaml.safe_load(manifest("ConfigMap")["data"]["models.yaml"])
     assert registry["models"], "the ConfigMap's registry declares no model"
+
+
+def test_image_allows_the_shipped_registrys_demo_paths(monkeypatch):
+    """The image's MODELYARD_MODEL_DIRS must admit every path the shipped models.yaml names."""
+    from server.registry import load_registry
+
+    text = (ROOT / "Dockerfile").read_text()
+    dirs = re.search(r"MODELYARD_MODEL_DIRS=(\S+)", text).group(1).split(",")
+    monkeypatch.setenv("HOME", "/home/modelyard")  # the image's user
+    registry = load_registry(ROOT / "models.yaml", [Path(d) for d in dirs])
+    assert "python3 -m tinymodels" in text and len(registry) >= 1
