@@ -295,10 +295,9 @@ class GgufAdapter:
     def _grammar(self, response_format: dict[str, Any] | None):
         if not response_format:
             return None
-        import json
-
         from llama_cpp import LlamaGrammar
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        from backends.json_grammar import json_schema_to_gbnf
 
         kind = response_format.get("type")
         if kind == "json_object":
@@ -308,7 +307,7 @@ class GgufAdapter:
         else:
             return None
         try:
-            gbnf = json_schema_to_gbnf(json.dumps(schema))
+            gbnf = json_schema_to_gbnf(schema)
             # llama-cpp-python's converter lets raw control characters into strings, which strict
             # JSON parsers (Python's json, JavaScript) reject; llama.cpp's own converter excludes them.
             gbnf = gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
