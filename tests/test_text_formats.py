@@ -73,12 +73,12 @@ def s(demo_root, tmp_path_factory):
         yield served
 
 
-def quote_token(demo_root: Path, fmt: str) -> str:
-    """The id of the `"` token: favouring it lets a random model close its strings."""
+def token_id(demo_root: Path, fmt: str, char: str) -> str:
+    """The id of a one-character token in the format's tiny vocabulary."""
     if fmt == "gguf":
-        return str(8 + ord('"'))  # byte tokens follow <unk> <s> </s> and the five control tokens
+        return str(8 + ord(char))  # byte tokens follow <unk> <s> </s> and the five control tokens
     vocab = json.loads((demo_root / tiny_hf.LLM_DIR / "tokenizer.json").read_text())["model"]["vocab"]
-    return str(vocab['"'])
+    return str(vocab[char])
 
 
 def chat(s, fmt, **kwargs):
@@ -106,7 +106,8 @@ def test_json_schema_output_parses_and_validates(s, fmt):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_json_object_output_is_a_json_object(s, fmt, demo_root):
-    reply = chat(s, fmt, max_tokens=200, seed=1, logit_bias={quote_token(demo_root, fmt): 6},
+    # Favouring `"` lets a random model close its strings.
+    reply = chat(s, fmt, max_tokens=200, seed=1, logit_bias={token_id(demo_root, fmt, '"'): 6},
                  response_format={"type": "json_object"})
     assert reply.choices[0].finish_reason == "stop", reply.choices[0].message.content
     assert isinstance(json.loads(reply.choices[0].message.content), dict)
@@ -169,6 +170,34 @@ def test_chat_logprobs_match_the_completion_tokens(s, fmt):
     entries = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
     assert len(entries) == chunks[-1].usage.completion_tokens == 5
     assert all(len(e.top_logprobs) == 1 for e in entries)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tokens_without_text_still_get_their_logprobs(s, fmt):
+    # Id 5 is <fim_prefix> in both tiny vocabularies: a control token that decodes to no text.
+    forced = {"5": 100, **NO_EOS}
+    reply = complete(s, fmt, prompt="abc", max_tokens=3, logprobs=1, logit_bias=forced)
+    assert reply.usage.completion_tokens == 3
+    assert len(reply.choices[0].logprobs.tokens) == len(reply.choices[0].logprobs.token_logprobs) == 3
+    reply = chat(s, fmt, max_tokens=3, logprobs=True, top_logprobs=1, logit_bias=forced)
+    assert reply.usage.completion_tokens == len(reply.choices[0].logprobs.content) == 3
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_text_held_back_for_a_stop_string_is_sent_when_generation_ends(s, fmt, demo_root):
+    # Only "A" and end-of-sequence can be sampled; every "A" might begin the (never completed)
+    # stop string, so it is held back until generation ends, by length or by end-of-sequence.
+    bias = {token_id(demo_root, fmt, "A"): 100, "2": 100, "4": -100}
+    ends = set()
+    for seed in range(6):
+        reply = complete(s, fmt, prompt="x", max_tokens=6, seed=seed, temperature=1.0, stop=["A" * 12],
+                         logit_bias=bias, logprobs=1)
+        choice = reply.choices[0]
+        generated = choice.logprobs.tokens  # the "A"s; the end-of-sequence token is not text
+        assert generated == ["A"] * len(generated)
+        assert choice.text == "A" * len(generated), (seed, choice.finish_reason)
+        ends.add((choice.finish_reason, len(generated) > 0))
+    assert ("stop", True) in ends  # some sequence ended by end-of-sequence after held-back text
 
 
 # ---- completions -----------------------------------------------------------------------------------
