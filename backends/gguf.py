@@ -295,10 +295,9 @@ class GgufAdapter:
     def _grammar(self, response_format: dict[str, Any] | None):
         if not response_format:
             return None
-        import json
-
         from llama_cpp import LlamaGrammar
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        from backends.json_grammar import json_schema_to_gbnf
 
         kind = response_format.get("type")
         if kind == "json_object":
@@ -308,7 +307,7 @@ class GgufAdapter:
         else:
             return None
         try:
-            gbnf = json_schema_to_gbnf(json.dumps(schema))
+            gbnf = json_schema_to_gbnf(schema)
             # llama-cpp-python's converter lets raw control characters into strings, which strict
             # JSON parsers (Python's json, JavaScript) reject; llama.cpp's own converter excludes them.
             gbnf = gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
@@ -335,6 +334,7 @@ class TokenStream:
         self.decoded = 0  # characters decoded so far
         self.emitted = 0  # characters sent so far
         self.echo_entries: list[dict[str, Any]] = []
+        self.stopped = False  # a stop string was hit: nothing after it belongs to the output
 
     def prompt_logits(self, row: np.ndarray) -> None:
         """The logits after prompt position p, which scored the prompt's token p + 1."""
@@ -379,21 +379,25 @@ class TokenStream:
         self.decoded += len(text)
         out, hit = self.matcher.feed(text)
         self.emitted += len(out)
+        self.stopped = hit
         return ("stop" if hit else None), self._chunk(out, hit), True
 
     def finish(self, reason: str, produced: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         tail = None
-        if reason != "stop":
+        if not self.stopped:
+            # Ended by length or end-of-generation: text held back for a stop string that never came,
+            # and every counted token's logprobs (one with no text of its own included), are output.
             text = self.matcher.flush() + self.decoder.decode(b"", final=True)
             self.emitted += len(text)
-            tail = self._chunk(text, True)
+            tail = self._chunk(text, True, everything=True)
         final = {"finish_reason": reason, "usage": {"prompt_tokens": len(self.prompt), "completion_tokens": produced}}
         return tail, final
 
-    def _chunk(self, text: str, final: bool) -> dict[str, Any] | None:
-        """Text safe to send, with the logprobs of the tokens that begin inside it."""
+    def _chunk(self, text: str, final: bool, everything: bool = False) -> dict[str, Any] | None:
+        """Text safe to send, with the logprobs of the tokens that begin inside it (all of them if
+        `everything`)."""
         sent_until = self.offset + self.emitted
-        ready = [e for e in self.pending if e["text_offset"] < sent_until]
+        ready = list(self.pending) if everything else [e for e in self.pending if e["text_offset"] < sent_until]
         self.pending = [] if final else [e for e in self.pending if e["text_offset"] >= sent_until]
         if not text and not ready:
             return None

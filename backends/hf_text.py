@@ -294,7 +294,7 @@ class HfTextAdapter:
         stops = StopMatcher(params.stop)
         detok = _Detokenizer(self.tokenizer)
         pending: list[dict[str, Any]] = []
-        produced, finish, offset = 0, "length", 0
+        produced, finish, offset, hit = 0, "length", 0, False
         with self._acquire(cancel):
             self._requests += 1
             if echo:
@@ -344,8 +344,10 @@ class HfTextAdapter:
                     finish = "stop"
                     break
                 step_input = torch.tensor([[token]], device=self.model.device)
-            if finish != "stop":
-                tail = stops.flush() + (detok.flush() if finish == "length" else "")
+            if not hit:
+                # Ended by length, end-of-sequence or the grammar: text held back for a stop string
+                # that never came (and a last partial character) is output too.
+                tail = stops.flush() + (detok.flush() if finish != "cancelled" else "")
                 if tail or pending:
                     yield self._chunk(tail, pending, top)
             elif pending:
