@@ -305,7 +305,10 @@ def test_disconnect_mid_stream_stops_generation(s):
     time.sleep(0.3)
     assert s.resident("llama", stats=True)["worker"]["tokens_generated"] == first
     budget = 1024 - chat(s, max_tokens=1).usage.prompt_tokens
-    assert first - start < budget / 2
+    # It stopped short of the end. (How soon is asserted with a slow fake engine in
+    # test_arbiter_e2e; this tiny model decodes the whole budget in about a second, so a loaded
+    # machine can let it get far before the disconnect lands.)
+    assert first - start < budget
 
 
 def test_concurrent_requests_decode_together(s):
