@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from backends.capability import Capability
 from server.errors import InvalidRequest
@@ -77,7 +78,8 @@ async def create_chat_completion(request: Request, body: wire.ChatCompletionRequ
         completion_tokens += final.get("usage", {}).get("completion_tokens", 0)
     generation.usage = (prompt_tokens, completion_tokens)
     services(request).metrics.observe_generation(request, generation)
-    return wire.completion(cid, created, body.model, choices, usage(prompt_tokens, completion_tokens))
+    # Plain JSON data already: skip FastAPI's jsonable_encoder pass on the hot path.
+    return JSONResponse(wire.completion(cid, created, body.model, choices, usage(prompt_tokens, completion_tokens)))
 
 
 def _logprobs(body: wire.ChatCompletionRequest, chunks: list[dict[str, Any]]) -> dict[str, Any] | None:

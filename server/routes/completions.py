@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from backends.capability import Capability
 from server.protocol import completions as wire
@@ -61,7 +62,8 @@ async def create_completion(request: Request, body: wire.CompletionRequest):
                for i, (chunks, final) in enumerate(results)]
     generation.usage = _usage(body, [final for _, final in results])
     services(request).metrics.observe_generation(request, generation)
-    return wire.body(cid, created, body.model, choices, usage(*generation.usage))
+    # Plain JSON data already: skip FastAPI's jsonable_encoder pass on the hot path.
+    return JSONResponse(wire.body(cid, created, body.model, choices, usage(*generation.usage)))
 
 
 async def _stream(body: wire.CompletionRequest, generation: Generation, cid: str, created: int) -> AsyncIterator[bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from backends.capability import Capability
 from server.protocol import embeddings as wire
@@ -22,4 +23,5 @@ async def create_embeddings(request: Request, body: wire.EmbeddingRequest):
     prompt_tokens = final.get("usage", {}).get("prompt_tokens", 0)
     generation.usage = (prompt_tokens, 0)
     services(request).metrics.observe_generation(request, generation)
-    return wire.response(body.model, final.get("embeddings", []), body.encoding_format, prompt_tokens)
+    # Plain JSON data already: skip FastAPI's jsonable_encoder pass on the hot path.
+    return JSONResponse(wire.response(body.model, final.get("embeddings", []), body.encoding_format, prompt_tokens))
