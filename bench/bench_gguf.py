@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe  # noqa: E402
 from tinymodels import DEFAULT_ROOT  # noqa: E402
 from tinymodels import gguf as tiny  # noqa: E402
 
@@ -53,18 +53,9 @@ def free_port() -> int:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import llama_cpp
 
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"llama-cpp-python {llama_cpp.__version__}, {platform.system()} {platform.release()}")
+    return describe(f"llama-cpp-python {llama_cpp.__version__}")
 
 
 # ---- HTTP measurements -------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from backends.base import Cancel, ChatParams  # noqa: E402
 from backends.fake import FakeAdapter  # noqa: E402
+from bench.machine import describe  # noqa: E402
 from server.registry import FakeSpec  # noqa: E402
 from server.workers import WorkerFactory  # noqa: E402
 
@@ -35,15 +35,7 @@ BODY = {"model": "bench", "messages": [{"role": "user", "content": "benchmark me
 
 
 def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return describe()
 
 
 def start_server(port: int, registry: Path) -> subprocess.Popen:
