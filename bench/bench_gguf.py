@@ -207,14 +207,16 @@ class AdapterInProcess:
     """modelyard's own GGUF adapter called directly: the engine work without the HTTP and worker hop."""
 
     def __init__(self, model_file: Path, threads: int):
-        from backends.gguf import GgufAdapter
+        from backends.gguf.adapter import GgufAdapter
+        from backends.gguf.spec import GgufOptions, GgufSpec
+        from backends.plan import Device
 
-        self.adapter = GgufAdapter({"id": "bench", "path": str(model_file),
-                                    "options": {"n_ctx": 2048, "n_threads": threads}})
+        spec = GgufSpec(id="bench", backend="gguf", path=model_file, options=GgufOptions(n_ctx=2048, n_threads=threads))
+        self.adapter = GgufAdapter(spec.resolve(Device()))
         self.run(4)
 
     def run(self, max_tokens: int) -> tuple[float, float]:
-        from backends.base import Cancel, CompletionParams
+        from backends.contract import Cancel, CompletionParams
 
         start = time.perf_counter()
         first = None

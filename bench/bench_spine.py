@@ -25,11 +25,12 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backends.base import Cancel, ChatParams  # noqa: E402
-from backends.fake import FakeAdapter  # noqa: E402
+from backends.contract import Cancel, ChatParams  # noqa: E402
+from backends.fake.adapter import FakeAdapter  # noqa: E402
+from backends.fake.spec import FakeOptions, FakeSpec  # noqa: E402
+from backends.plan import Device  # noqa: E402
 from bench.machine import describe  # noqa: E402
-from server.registry import FakeSpec  # noqa: E402
-from server.workers import WorkerFactory  # noqa: E402
+from server.worker_client import WorkerFactory  # noqa: E402
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "benchmark me"}], "max_tokens": 16}
 
@@ -88,20 +89,19 @@ async def stream_figures(base: str, tokens: int) -> tuple[float, float]:
 
 
 def in_process_chunk_seconds(tokens: int) -> float:
-    adapter = FakeAdapter({"id": "bench", "options": {"memory_mb": 1}})
+    adapter = FakeAdapter(FakeSpec(id="bench", backend="fake", options=FakeOptions(memory_mb=1)).resolve(Device()))
     started = time.perf_counter()
     count = sum(1 for _ in adapter.chat(ChatParams(messages=BODY["messages"], max_tokens=tokens), Cancel()))
     return (time.perf_counter() - started) / count
 
 
 async def worker_chunk_seconds(tokens: int) -> float:
-    spec = FakeSpec(id="bench", backend="fake")
-    worker = await WorkerFactory().start(spec)
+    worker = await WorkerFactory().start(FakeSpec(id="bench", backend="fake").resolve(Device()))
     try:
-        call = await worker.call("chat", {"messages": BODY["messages"], "max_tokens": 100})
+        call = await worker.call(ChatParams(messages=BODY["messages"], max_tokens=100))
         await call.result()  # warm up
         started = time.perf_counter()
-        call = await worker.call("chat", {"messages": BODY["messages"], "max_tokens": tokens})
+        call = await worker.call(ChatParams(messages=BODY["messages"], max_tokens=tokens))
         chunks, _ = await call.result()
         return (time.perf_counter() - started) / len(chunks)
     finally:

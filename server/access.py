@@ -7,11 +7,22 @@ import time
 import uuid
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import BackendError, error_response
 
 log = logging.getLogger("modelyard.access")
+_MODEL = "modelyard.model"  # the one per-request value a route hands back to this middleware
+
+
+def note_model(request: Request, model_id: str) -> None:
+    """Name the model a request is for in its access-log line and request metrics.
+
+    Only the route knows the model, only this middleware writes the log line after the route
+    returns; the request's state (shared by every copy of its scope) is where they meet.
+    """
+    request.scope["state"][_MODEL] = model_id
 
 
 class AccessMiddleware:
@@ -23,7 +34,7 @@ class AccessMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request_id = f"req_{uuid.uuid4().hex}"
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
         started = time.perf_counter()
         status = 500
         started_response = False
@@ -52,7 +63,7 @@ class AccessMiddleware:
                 self.metrics.running.dec()
             route = scope.get("route")
             endpoint = getattr(route, "path", "other")
-            model = scope.get("state", {}).get("model_label")
+            model = state.get(_MODEL)
             self.metrics.observe_request(endpoint, model, status, elapsed)
             log.info("%s %s %s %d %.3fs %s", request_id, scope["method"], scope["path"], status, elapsed,
                      model or "-")

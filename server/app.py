@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -18,13 +17,14 @@ from server.access import AccessMiddleware
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
 from server.imagestore import ImageStore
-from server.memory import MemoryProbe, default_budget_mb
+from server.memory import MemoryProbe, default_budget_mb, detect_device
 from server.metrics import Metrics
 from server.registry import Registry, load_registry
 from server.routes import admin, audio, chat, completions, embeddings, health, images, models
 from server.security import SecurityMiddleware
+from server.services import Services
 from server.settings import Settings
-from server.workers import WorkerFactory
+from server.worker_client import WorkerFactory
 
 log = logging.getLogger("modelyard")
 
@@ -35,16 +35,6 @@ _V1_ALIASES = ("/chat/completions", "/completions", "/embeddings", "/models", "/
 
 class ConfigError(Exception):
     """The server refuses to start with these settings."""
-
-
-@dataclass
-class Services:
-    settings: Settings
-    registry: Registry
-    arbiter: Arbiter
-    metrics: Metrics
-    probe: MemoryProbe
-    started_at: int
 
 
 def allowed_model_dirs(settings: Settings) -> list[Path]:
@@ -70,11 +60,9 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
     metrics.known_models([spec.id for spec in registry])
     metrics.queue_capacity.set(settings.max_queue)
     budget = settings.budget_mb or default_budget_mb(probe)
-    overhead = settings.worker_overhead_mb
-    if overhead is None:
-        overhead = 300 if probe.gpu else 60
+    device = detect_device(probe, settings.worker_overhead_mb)
     arbiter_kwargs = dict(
-        overhead_mb=overhead,
+        device=device,
         max_queue=settings.max_queue,
         queue_timeout_s=settings.queue_timeout_s,
         load_timeout_s=settings.load_timeout_s,
@@ -85,20 +73,20 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         arbiter = Arbiter(budget, factory or WorkerFactory(), probe, **arbiter_kwargs)
-        app.state.services = Services(settings, registry, arbiter, metrics, probe, int(time.time()))
-        app.state.images = ImageStore(ttl_s=settings.image_ttl_s, max_bytes=settings.image_store_mb * 1024 * 1024)
-        app.state.audio_scratch = ScratchDir()
+        images = ImageStore(ttl_s=settings.image_ttl_s, max_bytes=settings.image_store_mb * 1024 * 1024)
+        app.state.services = services = Services(settings, registry, arbiter, metrics, probe, device, images,
+                                                 ScratchDir(), int(time.time()))
         metrics.memory(0.0, budget, {})
         for spec in registry:
             if spec.pinned:  # a pinned model is meant to be ready before the first request
                 arbiter.preload(spec)
-        log.info("modelyard %s: %d models, budget %d MiB (%s)", VERSION, len(registry), budget,
-                 "GPU" if probe.gpu else "RAM")
+        log.info("modelyard %s: %d models, budget %d MiB (%s), workers on %s", VERSION, len(registry), budget,
+                 "GPU" if probe.gpu else "RAM", device.kind)
         try:
             yield
         finally:
             await arbiter.close()
-            app.state.audio_scratch.close()
+            services.audio_scratch.close()
 
     app = FastAPI(title="modelyard", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)

@@ -1,9 +1,10 @@
 """The VRAM arbiter: leases, loading, eviction, waiting, keep-alive.
 
-Policy (what fits, whom to evict) lives in placement.py; this module orchestrates it on the event
-loop. Collaborators come in through the constructor (worker factory, memory probe, clock, event
-observer) so tests replace them without patching. All state is touched from the event loop only,
-so a check and the change it leads to never have an `await` between them.
+Policy (what fits, whom to evict, what a release leads to) lives in placement.py; this module
+orchestrates it on the event loop. Collaborators come in through the constructor (worker factory,
+memory probe, clock, event observer) so tests replace them without patching and drive time by
+hand. All state is touched from the event loop only, so a check and the change it leads to never
+have an `await` between them.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from backends.plan import Device, LoadPlan, MemoryEstimate
+from backends.spec import FOREVER, BaseSpec
 from server import placement
 from server.errors import (
     ModelLoadFailed,
@@ -35,6 +38,48 @@ class State(Enum):
     READY = "ready"
     DRAINING = "draining"  # takes no new leases; unloads when its last lease ends
     UNLOADING = "unloading"
+
+
+class Handle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Time as the arbiter sees it: now, and a callback after a delay (keep-alive, timeouts)."""
+
+    def now(self) -> float: ...
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Handle: ...
+
+
+class LoopClock:
+    """The event loop's monotonic clock."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Handle:
+        return asyncio.get_running_loop().call_later(delay, callback)
+
+
+class Worker(Protocol):
+    """What the arbiter needs of a running worker (server/worker_client.py's WorkerProcess)."""
+
+    pid: int
+    reported_mb: float
+
+    def on_exit(self, callback: Callable[[Any], None]) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class WorkerFactory(Protocol):
+    async def start(self, plan: LoadPlan) -> Worker: ...
+
+
+class Probe(Protocol):
+    """Measures memory (server/memory.py's MemoryProbe)."""
+
+    def measure(self, pid: int, reported_mb: float) -> float: ...
+    async def wait_released(self, pid: int, timeout_s: float) -> bool: ...
 
 
 class Events(Protocol):
@@ -57,17 +102,20 @@ class NoEvents:
 
 @dataclass(eq=False)
 class Resident:
-    spec: Any
-    mb: float
+    """A model in memory, or on its way in or out."""
+
+    spec: BaseSpec
+    estimate: MemoryEstimate
+    mb: float  # accounted: the estimate while loading, then what the load measured
     state: State = State.LOADING
-    worker: Any = None
+    worker: Worker | None = None
     refcount: int = 0
     last_used: float = 0.0
     keep_alive_s: float = 300.0
     expires_at: float | None = None
     loaded_at: float = 0.0
-    unload_when_idle: bool = False
-    _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    unload_requested: bool = False  # an admin asked for the unload while it was serving
+    _timer: Handle | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -95,41 +143,36 @@ class Lease:
     def release(self) -> None:
         self._arbiter._release(self)
 
-    async def __aenter__(self) -> Lease:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
-
 
 class Arbiter:
     def __init__(
         self,
         budget_mb: float,
-        factory,
-        probe,
+        factory: WorkerFactory,
+        probe: Probe,
         *,
-        overhead_mb: float = 0.0,
+        device: Device | None = None,
         max_queue: int = 64,
         queue_timeout_s: float = 300.0,
         load_timeout_s: float = 600.0,
         unload_timeout_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
         events: Events | None = None,
     ):
         self.budget_mb = float(budget_mb)
         self._factory = factory
         self._probe = probe
-        self._overhead_mb = overhead_mb
+        self._device = device or Device()
         self._max_queue = max_queue
         self._queue_timeout_s = queue_timeout_s
         self._load_timeout_s = load_timeout_s
         self._unload_timeout_s = unload_timeout_s
-        self._clock = clock
+        self._clock = clock or LoopClock()
         self._events = events or NoEvents()
         self._residents: dict[str, Resident] = {}
         self._ledger = placement.Ledger(self.budget_mb)
         self._measured: dict[str, float] = {}
+        self._plans: dict[str, tuple[LoadPlan, MemoryEstimate]] = {}  # read again by each first waiter
         self._attempts: dict[str, asyncio.Future] = {}
         self._loading: str | None = None
         self._loading_since = 0.0
@@ -144,14 +187,20 @@ class Arbiter:
 
     # ---- estimates -------------------------------------------------------------------------
 
-    def estimate_mb(self, spec) -> float:
-        """Static estimate plus runtime overhead, never below what a load of it measured."""
-        static = max(spec.estimate_mb(), spec.memory_mb or 0) + self._overhead_mb
-        return max(static, self._measured.get(spec.id, 0.0))
+    def plan(self, spec: BaseSpec) -> tuple[LoadPlan, MemoryEstimate]:
+        """How `spec` would load on this arbiter's device, and its estimated footprint."""
+        if spec.id not in self._plans:
+            load_plan = spec.resolve(self._device)
+            self._plans[spec.id] = (load_plan, load_plan.estimate())
+        return self._plans[spec.id]
+
+    def estimate_mb(self, spec: BaseSpec) -> float:
+        """The footprint a load of `spec` is planned with (never below what a load of it measured)."""
+        return placement.expected_mb(self.plan(spec)[1], spec.memory_mb, self._measured.get(spec.id, 0.0))
 
     # ---- leases ----------------------------------------------------------------------------
 
-    async def acquire(self, spec, keep_alive_s: float | None = None) -> Lease:
+    async def acquire(self, spec: BaseSpec, keep_alive_s: float | None = None) -> Lease:
         """A lease on a loaded `spec`, loading it (and evicting others) if needed."""
         if self.closing:
             raise ShuttingDown("the server is shutting down", retry_after_s=5)
@@ -159,31 +208,24 @@ class Arbiter:
         if resident is not None and resident.state is State.READY:
             self._events.waited(spec.id, 0.0)  # every lease is observed, so wait percentiles are honest
             return self._lease(resident, keep_alive_s, 0.0)
-        need = self.estimate_mb(spec)
-        if need > self.budget_mb:
-            raise ModelTooLarge(
-                f"model {spec.id} needs about {need:.0f} MiB but the whole memory budget is "
-                f"{self.budget_mb:.0f} MiB",
-                param="model",
-            )
+        if spec.id not in self._wanted:
+            self._plans.pop(spec.id, None)  # its files may have changed since it was last planned
+        reason = placement.refusal(self.estimate_mb(spec), self._views(), self.budget_mb)
+        if reason:
+            raise ModelTooLarge(f"model {spec.id} cannot fit: {reason}", param="model")
         if self._waiting >= self._max_queue:
-            raise QueueFull(
-                f"{self._waiting} requests are already waiting for models; try again shortly",
-                retry_after_s=self._last_load_s,
-            )
-        started = self._clock()
+            raise QueueFull(f"{self._waiting} requests are already waiting for models; try again shortly",
+                            retry_after_s=self._last_load_s)
+        started = self._clock.now()
         self._waiting += 1
         self._wanted[spec.id] = self._wanted.get(spec.id, 0) + 1
         self._events.queue(self._waiting)
         try:
-            # asyncio.timeout, not wait_for: a lease granted as the deadline hits is never lost
-            async with asyncio.timeout(self._queue_timeout_s):
+            async with self._deadline(self._queue_timeout_s):
                 return await self._wait_for(spec, keep_alive_s, started)
         except TimeoutError:
-            raise QueueTimeout(
-                f"model {spec.id} did not become available within {self._queue_timeout_s:.0f}s",
-                retry_after_s=self._last_load_s,
-            ) from None
+            raise QueueTimeout(f"model {spec.id} did not become available within {self._queue_timeout_s:.0f}s",
+                               retry_after_s=self._last_load_s) from None
         finally:
             self._waiting -= 1
             self._wanted[spec.id] -= 1
@@ -192,14 +234,14 @@ class Arbiter:
             self._events.queue(self._waiting)
             self._notify()  # others may now plan around this model
 
-    async def _wait_for(self, spec, keep_alive_s: float | None, started: float) -> Lease:
+    async def _wait_for(self, spec: BaseSpec, keep_alive_s: float | None, started: float) -> Lease:
         while True:
             if self.closing:
                 raise ShuttingDown("the server is shutting down", retry_after_s=5)
             changed = self._changed
             resident = self._residents.get(spec.id)
             if resident is not None and resident.state is State.READY:
-                waited = self._clock() - started
+                waited = self._clock.now() - started
                 self._events.waited(spec.id, waited)
                 return self._lease(resident, keep_alive_s, waited)
             attempt = self._attempts.get(spec.id)
@@ -212,8 +254,9 @@ class Arbiter:
                     continue
             await changed.wait()
 
-    def _plan_load(self, spec) -> None:
-        need = self.estimate_mb(spec)
+    def _plan_load(self, spec: BaseSpec) -> None:
+        load_plan, estimate = self.plan(spec)
+        need = placement.expected_mb(estimate, spec.memory_mb, self._measured.get(spec.id, 0.0))
         decision = placement.plan(need, self._views(), self.budget_mb)
         if decision.verdict is placement.Verdict.NEVER:
             raise ModelTooLarge(f"model {spec.id} cannot fit: {decision.reason}", param="model")
@@ -230,18 +273,19 @@ class Arbiter:
             attempt = asyncio.get_running_loop().create_future()
             attempt.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved by waiters
             self._attempts[spec.id] = attempt
-            self._loading, self._loading_since = spec.id, self._clock()
-            self._spawn(self._load(spec, need, victims, attempt))
+            self._loading, self._loading_since = spec.id, self._clock.now()
+            resident = Resident(spec=spec, estimate=estimate, mb=need, keep_alive_s=spec.keep_alive)
+            self._spawn(self._load(resident, load_plan, victims, attempt))
 
-    def _views(self) -> list[placement.Resident]:
+    def _views(self) -> list[placement.ResidentView]:
         return [
-            placement.Resident(
+            placement.ResidentView(
                 id=r.id,
                 mb=r.mb,
                 busy=r.refcount > 0 or r.state in (State.LOADING, State.UNLOADING),
                 wanted=r.id in self._wanted,
                 pinned=r.spec.pinned,
-                keep_alive_s=placement.FOREVER if r.keep_alive_s < 0 else r.keep_alive_s,
+                keep_alive_s=r.keep_alive_s,
                 last_used=r.last_used,
                 draining=r.state in (State.DRAINING, State.UNLOADING),  # its memory is on its way out
             )
@@ -250,11 +294,9 @@ class Arbiter:
 
     def _lease(self, resident: Resident, keep_alive_s: float | None, waited_s: float) -> Lease:
         resident.refcount += 1
-        resident.last_used = self._clock()
+        resident.last_used = self._clock.now()
         resident.expires_at = None
-        if resident._timer is not None:
-            resident._timer.cancel()
-            resident._timer = None
+        self._cancel_timer(resident)
         return Lease(self, resident, keep_alive_s, waited_s)
 
     def _release(self, lease: Lease) -> None:
@@ -263,23 +305,24 @@ class Arbiter:
         lease.released = True
         resident = lease.resident
         resident.refcount -= 1
-        resident.last_used = self._clock()
-        if resident.refcount > 0 or self._residents.get(resident.id) is not resident:
-            return self._notify()
-        keep_alive = resident.spec.keep_alive if lease.keep_alive_s is None else lease.keep_alive_s
-        resident.keep_alive_s = keep_alive
-        if resident.state is State.DRAINING:
-            if resident.unload_when_idle or self._waiting:
-                self._evict_soon(resident, "admin" if resident.unload_when_idle else "drained")
-                return self._notify()
-            resident.state = State.READY  # whoever wanted the room has gone
-        if resident.state is State.READY and not resident.spec.pinned:
-            if keep_alive == 0:
-                self._evict_soon(resident, "keep_alive")
-            elif keep_alive > 0:
-                resident.expires_at = self._clock() + keep_alive
-                resident._timer = asyncio.get_running_loop().call_later(keep_alive, self._expire, resident)
+        resident.last_used = self._clock.now()
+        current = self._residents.get(resident.id) is resident
+        if resident.refcount == 0 and current and resident.state in (State.READY, State.DRAINING):
+            resident.keep_alive_s = resident.spec.keep_alive if lease.keep_alive_s is None else lease.keep_alive_s
+            self._settle_release(resident)
         self._notify()
+
+    def _settle_release(self, resident: Resident) -> None:
+        decision = placement.after_release(
+            draining=resident.state is State.DRAINING, unload_requested=resident.unload_requested,
+            others_waiting=self._waiting > 0, pinned=resident.spec.pinned, keep_alive_s=resident.keep_alive_s)
+        if decision.resume:
+            resident.state = State.READY
+        if decision.unload:
+            self._evict_soon(resident, decision.unload)
+        elif decision.expire_in_s is not None:
+            resident.expires_at = self._clock.now() + decision.expire_in_s
+            resident._timer = self._clock.call_later(decision.expire_in_s, lambda: self._expire(resident))
 
     def _expire(self, resident: Resident) -> None:
         resident._timer = None
@@ -288,42 +331,43 @@ class Arbiter:
 
     # ---- loading and unloading ----------------------------------------------------------------
 
-    async def _load(self, spec, need: float, victims: list[Resident], attempt: asyncio.Future) -> None:
-        began = self._clock()
-        resident = None
+    async def _load(self, resident: Resident, load_plan: LoadPlan, victims: list[Resident],
+                    attempt: asyncio.Future) -> None:
+        spec = resident.spec
+        began = self._clock.now()
         try:
             for victim in victims:
                 await self._unload(victim, "capacity")
-            resident = Resident(spec=spec, mb=need, keep_alive_s=spec.keep_alive, last_used=self._clock())
+            resident.last_used = self._clock.now()
             self._residents[spec.id] = resident
             self._account(resident)
-            log.info("loading %s (estimate %.0f MiB, budget %.0f MiB)", resident, need, self.budget_mb)
+            log.info("loading %s: estimate %s, budget %.0f MiB", resident, resident.estimate, self.budget_mb)
             try:
-                async with asyncio.timeout(self._load_timeout_s):
-                    worker = await self._factory.start(spec)
+                async with self._deadline(self._load_timeout_s):
+                    worker = await self._factory.start(load_plan)
             except TimeoutError:
-                raise ModelLoadTimeout(
-                    f"model {spec.id} did not load within {self._load_timeout_s:.0f}s", retry_after_s=5
-                ) from None
-            measured = self._probe.measure(worker.pid, worker.reported_mb + self._overhead_mb)
+                raise ModelLoadTimeout(f"model {spec.id} did not load within {self._load_timeout_s:.0f}s",
+                                       retry_after_s=5) from None
+            measured = self._probe.measure(worker.pid, worker.reported_mb + resident.estimate.runtime_mb)
             self._measured[spec.id] = max(self._measured.get(spec.id, 0.0), measured)
             resident.worker, resident.mb = worker, measured
-            resident.state, resident.loaded_at = State.READY, self._clock()
+            resident.state, resident.loaded_at = State.READY, self._clock.now()
             worker.on_exit(self._on_worker_exit)
             self._account(resident)
             self._settle_over_budget(resident)
             self.loads += 1
-            self._last_load_s = max(1.0, self._clock() - began)
-            self._events.loaded(spec.id, "success", self._clock() - began)
-            log.info("loaded %s in %.2fs (estimated %.0f MiB)", resident, self._clock() - began, need)
+            self._last_load_s = max(1.0, self._clock.now() - began)
+            self._events.loaded(spec.id, "success", self._clock.now() - began)
+            log.info("loaded %s in %.2fs (estimated %.0f MiB)", resident, self._clock.now() - began,
+                     resident.estimate.total_mb)
             attempt.set_result(None)
         except Exception as exc:
-            if resident is not None and self._residents.get(spec.id) is resident:
+            if self._residents.get(spec.id) is resident:
                 del self._residents[spec.id]
                 self._ledger.drop(spec.id)
                 self._publish_memory()
             result = "timeout" if isinstance(exc, ModelLoadTimeout) else "failure"
-            self._events.loaded(spec.id, result, self._clock() - began)
+            self._events.loaded(spec.id, result, self._clock.now() - began)
             if not isinstance(exc, ModelLoadFailed | ModelLoadTimeout):
                 log.exception("loading %s failed", spec.id)
                 exc = ModelLoadFailed(f"model {spec.id} failed to load: {exc}")
@@ -335,20 +379,12 @@ class Arbiter:
             self._notify()
 
     def _settle_over_budget(self, loaded: Resident) -> None:
-        """A load that measured above its estimate may push the total over; evict idle models back under."""
-        over = self._ledger.used_mb - self.budget_mb
-        if over <= 0:
-            return
-        idle = [r for r in self._views() if r.id != loaded.id and not r.busy and not r.pinned]
-        for view in placement.eviction_order(idle):
-            if over <= 0:
-                break
-            victim = self._residents[view.id]
-            self._evict_soon(victim, "over_budget")
-            over -= victim.mb
-        if over > 0:
+        victims, short = placement.over_budget_victims(loaded.id, self._views(), self.budget_mb)
+        for model_id in victims:
+            self._evict_soon(self._residents[model_id], "over_budget")
+        if short > 0:
             log.error("%s measured above its estimate; %.0f MiB over budget with nothing idle to evict",
-                      loaded, over)
+                      loaded, short)
 
     def _evict_soon(self, resident: Resident, reason: str) -> None:
         """Stop leases now (no await between this and the state change), unload in the background."""
@@ -357,6 +393,10 @@ class Arbiter:
 
     def _begin_unload(self, resident: Resident) -> None:
         resident.state = State.UNLOADING
+        self._cancel_timer(resident)
+
+    @staticmethod
+    def _cancel_timer(resident: Resident) -> None:
         if resident._timer is not None:
             resident._timer.cancel()
             resident._timer = None
@@ -378,9 +418,9 @@ class Arbiter:
             self._publish_memory()
         self._notify()
 
-    def _on_worker_exit(self, worker) -> None:
-        resident = self._residents.get(worker.spec.id)
-        if resident is None or resident.worker is not worker or resident.state is State.UNLOADING:
+    def _on_worker_exit(self, worker: Worker) -> None:
+        resident = next((r for r in self._residents.values() if r.worker is worker), None)
+        if resident is None or resident.state is State.UNLOADING:
             return
         log.error("%s exited unexpectedly; it will be started again on the next request", resident)
         self._begin_unload(resident)
@@ -391,7 +431,7 @@ class Arbiter:
 
         self._spawn(reap())
 
-    def preload(self, spec) -> None:
+    def preload(self, spec: BaseSpec) -> None:
         """Load in the background (pinned models at start-up); failures are logged, not raised."""
 
         async def load() -> None:
@@ -407,12 +447,10 @@ class Arbiter:
     async def unload(self, model_id: str) -> bool:
         """Admin unload: now if idle, else once its last lease ends. False if not resident."""
         resident = self._residents.get(model_id)
-        if resident is None or resident.state is State.UNLOADING:
-            return False
-        if resident.state is State.LOADING:
+        if resident is None or resident.state in (State.UNLOADING, State.LOADING):
             return False
         if resident.refcount > 0:
-            resident.state, resident.unload_when_idle = State.DRAINING, True
+            resident.state, resident.unload_requested = State.DRAINING, True
             return True
         await self._unload(resident, "admin")
         return True
@@ -433,6 +471,29 @@ class Arbiter:
                 await task
 
     # ---- bookkeeping ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self, seconds: float) -> AsyncIterator[None]:
+        """asyncio.timeout on the injected clock: past `seconds`, the body is cancelled and
+        TimeoutError raised. A result the body returned before the deadline is never lost."""
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        handle = self._clock.call_later(seconds, expire)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if expired and task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            handle.cancel()
 
     def _account(self, resident: Resident) -> None:
         self._ledger.set(resident.id, resident.mb)
@@ -473,10 +534,10 @@ class Arbiter:
     def loading(self) -> dict[str, Any] | None:
         if self._loading is None:
             return None
-        return {"model": self._loading, "seconds": round(self._clock() - self._loading_since, 3)}
+        return {"model": self._loading, "seconds": round(self._clock.now() - self._loading_since, 3)}
 
     def snapshot(self) -> dict[str, Any]:
-        now = self._clock()
+        now = self._clock.now()
         return {
             "budget_mb": self.budget_mb,
             "used_mb": self.used_mb,
@@ -491,10 +552,11 @@ class Arbiter:
                     "backend": r.spec.backend,
                     "state": r.state.value,
                     "memory_mb": round(r.mb, 1),
+                    "estimate": r.estimate.breakdown(),
                     "pid": r.worker.pid if r.worker else None,
                     "refcount": r.refcount,
                     "pinned": r.spec.pinned,
-                    "keep_alive_s": r.keep_alive_s,
+                    "keep_alive_s": -1 if r.keep_alive_s == FOREVER else r.keep_alive_s,  # models.yaml's spelling
                     "expires_in_s": None if r.expires_at is None else round(max(0.0, r.expires_at - now), 3),
                 }
                 for r in self._residents.values()

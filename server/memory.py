@@ -1,13 +1,16 @@
-"""The only module that asks NVML or the OS how much memory is used."""
+"""The only module that asks NVML or the OS how much memory is used, and which device models use."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import time
 
 import psutil
+
+from backends.plan import Device
 
 log = logging.getLogger("modelyard.memory")
 
@@ -75,3 +78,18 @@ def default_budget_mb(probe: MemoryProbe) -> int:
         total = probe.device_total_mb() or 12288
         return int(min(12288, total - 512))
     return int(psutil.virtual_memory().total / MIB * 0.5)
+
+
+def cuda_visible() -> bool:
+    """Whether a CUDA device is likely visible to workers, without importing torch."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidiactl")
+
+
+def detect_device(probe: MemoryProbe, runtime_mb: float | None) -> Device:
+    """The device models load on, and one worker's runtime cost there (CUDA context or process)."""
+    kind = "cuda" if probe.gpu or cuda_visible() else "cpu"
+    if runtime_mb is None:
+        runtime_mb = 300 if kind == "cuda" else 60
+    return Device(kind=kind, runtime_mb=runtime_mb)

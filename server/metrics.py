@@ -111,8 +111,8 @@ class Metrics:
         self.requests.labels(endpoint, self.request_model(model), str(status)).inc()
         self.request_duration.labels(endpoint).observe(seconds)
 
-    def observe_generation(self, request, generation) -> None:
-        model = self.model(getattr(request.state, "model_label", None))
+    def observe_generation(self, model_id: str, generation) -> None:
+        model = self.model(model_id)
         prompt, completion = generation.usage
         self.prompt_tokens.labels(model).inc(prompt)
         self.generation_tokens.labels(model).inc(completion)

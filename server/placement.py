@@ -1,15 +1,19 @@
-"""Pure placement policy: does a model fit, and which residents make room. No I/O, no clock."""
+"""Pure placement policy: does a model fit, which residents make room, what a release leads to.
+
+No I/O, no clock: the arbiter (arbiter.py) asks, and carries out the answer.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
 
-FOREVER = float("inf")
+from backends.plan import MemoryEstimate
+from backends.spec import FOREVER
 
 
 @dataclass(frozen=True)
-class Resident:
+class ResidentView:
     """What the policy needs to know about a model in memory (or on its way in)."""
 
     id: str
@@ -17,7 +21,7 @@ class Resident:
     busy: bool = False  # holds leases, or is loading/unloading
     wanted: bool = False  # requests are waiting to lease it: neither idle nor a drain victim
     pinned: bool = False
-    keep_alive_s: float = 300.0  # configured idle time; FOREVER for -1
+    keep_alive_s: float = 300.0  # configured idle time; FOREVER never expires
     last_used: float = 0.0
     draining: bool = False
 
@@ -37,21 +41,33 @@ class Plan:
     reason: str = ""
 
 
-def eviction_order(residents: list[Resident]) -> list[Resident]:
+def expected_mb(estimate: MemoryEstimate, hint_mb: float | None, measured_mb: float) -> float:
+    """What a load is expected to take: the estimate (no less than models.yaml's memory_mb hint
+    for the model itself), never below what a load of it measured."""
+    static = max(estimate.model_mb, hint_mb or 0.0) + estimate.runtime_mb
+    return max(static, measured_mb)
+
+
+def eviction_order(residents: list[ResidentView]) -> list[ResidentView]:
     """Draining models first, then the shortest keep-alive, then least recently used."""
     return sorted(residents, key=lambda r: (not r.draining, r.keep_alive_s, r.last_used))
 
 
-def plan(need_mb: float, residents: list[Resident], budget_mb: float) -> Plan:
-    """How to make `need_mb` fit next to `residents` within `budget_mb`."""
+def refusal(need_mb: float, residents: list[ResidentView], budget_mb: float) -> str | None:
+    """Why `need_mb` can never fit, whatever is evicted; None if it can."""
     if need_mb > budget_mb:
-        return Plan(Verdict.NEVER, reason=f"needs {need_mb:.0f} MiB; the whole budget is {budget_mb:.0f} MiB")
+        return f"needs {need_mb:.0f} MiB; the whole budget is {budget_mb:.0f} MiB"
     pinned = sum(r.mb for r in residents if r.pinned)
     if need_mb > budget_mb - pinned:
-        return Plan(
-            Verdict.NEVER,
-            reason=f"needs {need_mb:.0f} MiB; pinned models hold {pinned:.0f} of the {budget_mb:.0f} MiB budget",
-        )
+        return f"needs {need_mb:.0f} MiB; pinned models hold {pinned:.0f} of the {budget_mb:.0f} MiB budget"
+    return None
+
+
+def plan(need_mb: float, residents: list[ResidentView], budget_mb: float) -> Plan:
+    """How to make `need_mb` fit next to `residents` within `budget_mb`."""
+    reason = refusal(need_mb, residents, budget_mb)
+    if reason:
+        return Plan(Verdict.NEVER, reason=reason)
     free = budget_mb - sum(r.mb for r in residents)
     if need_mb <= free:
         return Plan(Verdict.FITS)
@@ -66,8 +82,7 @@ def plan(need_mb: float, residents: list[Resident], budget_mb: float) -> Plan:
     if need_mb <= free:
         return Plan(Verdict.FITS, evict=tuple(evict))
     # Only busy models stand in the way: drain as few as make room, once their leases end.
-    already = sum(r.mb for r in movable if r.busy and r.draining)
-    free += already
+    free += sum(r.mb for r in movable if r.busy and r.draining)
     drain: list[str] = []
     for resident in eviction_order([r for r in movable if r.busy and not r.draining and not r.wanted]):
         if need_mb <= free:
@@ -77,6 +92,45 @@ def plan(need_mb: float, residents: list[Resident], budget_mb: float) -> Plan:
     if drain:
         return Plan(Verdict.DRAIN, drain=tuple(drain))
     return Plan(Verdict.WAIT, reason="waiting for busy models to finish")
+
+
+def over_budget_victims(loaded: str, residents: list[ResidentView], budget_mb: float) -> tuple[tuple[str, ...], float]:
+    """A load measured above its estimate may push the total over the budget: the idle models to
+    evict to get back under, and by how much the budget stays exceeded if they do not suffice."""
+    over = sum(r.mb for r in residents) - budget_mb
+    victims: list[str] = []
+    idle = [r for r in residents if r.id != loaded and not r.busy and not r.pinned]
+    for resident in eviction_order(idle):
+        if over <= 0:
+            break
+        victims.append(resident.id)
+        over -= resident.mb
+    return tuple(victims), max(over, 0.0)
+
+
+@dataclass(frozen=True)
+class Release:
+    """What happens to a model when its last lease ends."""
+
+    resume: bool = False  # a draining model whose reason to drain has gone serves again
+    unload: str | None = None  # unload now, for this reason
+    expire_in_s: float | None = None  # unload after this long idle
+
+
+def after_release(*, draining: bool, unload_requested: bool, others_waiting: bool, pinned: bool,
+                  keep_alive_s: float) -> Release:
+    """The last lease on a model ended; `keep_alive_s` is the request's or else the model's."""
+    if draining:
+        if unload_requested:
+            return Release(unload="admin")
+        if others_waiting:
+            return Release(unload="drained")
+    resume = draining  # whoever wanted the room has gone
+    if pinned or keep_alive_s == FOREVER:
+        return Release(resume=resume)
+    if keep_alive_s <= 0:
+        return Release(resume=resume, unload="keep_alive")
+    return Release(resume=resume, expire_in_s=keep_alive_s)
 
 
 @dataclass

@@ -7,10 +7,10 @@ import os
 import threading
 from pathlib import Path
 
-from pydantic import TypeAdapter
-
-from server.registry import ModelSpec
-from server.workers import WorkerFactory
+from backends.contract import PARAMS, Method
+from server.memory import MemoryProbe, detect_device
+from server.registry import parse_spec
+from server.worker_client import WorkerFactory
 from tinymodels import DEFAULT_ROOT
 from tinymodels import hf as tiny_hf
 
@@ -42,15 +42,16 @@ class DirectWorker:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.spec = TypeAdapter(ModelSpec).validate_python(entry)
-        self.worker = self.run(WorkerFactory().start(self.spec))
+        self.spec = parse_spec(entry)
+        self.plan = self.spec.resolve(detect_device(MemoryProbe(), 0))
+        self.worker = self.run(WorkerFactory().start(self.plan))
 
     def run(self, coroutine, timeout: float = 180):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def call(self, method: str, **params) -> tuple[list[dict], dict]:
         async def go():
-            return await (await self.worker.call(method, params)).result()
+            return await (await self.worker.call(PARAMS[Method(method)](**params))).result()
 
         return self.run(go())
 

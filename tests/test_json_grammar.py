@@ -8,7 +8,7 @@ import re
 import pytest
 from llama_cpp import LlamaGrammar
 
-from backends.json_grammar import integer_range, json_schema_to_gbnf
+from backends.gguf.grammar import integer_range, json_schema_to_gbnf
 
 
 def as_regex(gbnf: str) -> re.Pattern:

@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.registry import DiffusionOptions, RegistryError, load_registry, parse_size, safetensors_parameters
+from backends import safetensors
+from backends.diffusion.spec import DiffusionOptions, parse_size
+from backends.plan import Device
+from server.registry import RegistryError, load_registry
 from tinymodels import DEFAULT_ROOT, media
+
+GPU = Device(kind="cuda")
 
 
 @pytest.fixture(scope="module")
@@ -26,25 +31,25 @@ def registry_of(tmp_path: Path, models: list[dict], allowed: list[Path] | None =
 
 def test_diffusion_estimate_is_weights_at_runtime_width_plus_activations(root, tmp_path):
     spec = {"id": "sd", "backend": "diffusers", "path": str(root / "tiny-sd")}
-    gpu = next(iter(registry_of(tmp_path, [{**spec, "options": {"max_side": 512}}])))
-    cpu = next(iter(registry_of(tmp_path, [{**spec, "options": {"max_side": 512, "device": "cpu"}}])))
-    params = sum(sum(safetensors_parameters(p).values()) for p in gpu.weight_files())
-    assert {p.parent.name for p in gpu.weight_files()} == {"unet", "vae", "text_encoder"}
+    gpu = next(iter(registry_of(tmp_path, [{**spec, "options": {"max_side": 512}}]))).resolve(GPU)
+    cpu = next(iter(registry_of(tmp_path, [{**spec, "options": {"max_side": 512, "device": "cpu"}}]))).resolve(GPU)
+    params = sum(sum(safetensors.parameters(p).values()) for p in gpu.weight_files)
+    assert {p.parent.name for p in gpu.weight_files} == {"unet", "vae", "text_encoder"}
     # Activations: 1536 MiB at 512x512 fp16 for a 320-wide UNet, scaled by this UNet's width (8).
     width = json.loads((root / "tiny-sd" / "unet" / "config.json").read_text())["block_out_channels"][0]
-    assert gpu.estimate_mb() == int(params * 2 / 2**20 + 1536 * width / 320)
-    assert cpu.estimate_mb() == int(params * 4 / 2**20 + 1536 * width / 320 * 2)
-    small = next(iter(registry_of(tmp_path, [{**spec, "options": {"max_side": 256}}])))
-    assert small.estimate_mb() < gpu.estimate_mb()  # fewer pixels, fewer activations
+    assert int(gpu.estimate().model_mb) == int(params * 2 / 2**20 + 1536 * width / 320)
+    assert int(cpu.estimate().model_mb) == int(params * 4 / 2**20 + 1536 * width / 320 * 2)
+    small = next(iter(registry_of(tmp_path, [{**spec, "options": {"max_side": 256}}]))).resolve(GPU)
+    assert small.estimate().model_mb < gpu.estimate().model_mb  # fewer pixels, fewer activations
 
 
 def test_whisper_estimate_follows_model_file_and_compute_type(root, tmp_path):
     spec = {"id": "w", "backend": "faster-whisper", "path": str(root / "tiny-whisper")}
     size_mb = (root / "tiny-whisper" / "model.bin").stat().st_size / 2**20
-    as_stored = next(iter(registry_of(tmp_path, [{**spec, "options": {"beam_size": 5}}])))
+    as_stored = next(iter(registry_of(tmp_path, [{**spec, "options": {"beam_size": 5}}]))).resolve(GPU)
     int8 = next(iter(registry_of(tmp_path, [{**spec, "options": {"beam_size": 5, "compute_type": "int8"}}])))
-    assert as_stored.estimate_mb() == int(size_mb * 1.25 + 32)
-    assert int8.estimate_mb() == int(size_mb * 0.5 * 1.25 + 32)
+    assert int(as_stored.estimate().model_mb) == int(size_mb * 1.25 + 32)
+    assert int(int8.resolve(GPU).estimate().model_mb) == int(size_mb * 0.5 * 1.25 + 32)
 
 
 @pytest.mark.parametrize(("size", "problem"), [

@@ -1,11 +1,12 @@
 """The placement policy on its own: pure functions, no processes, no clock."""
 
-from server.placement import FOREVER, Ledger, Resident, Verdict, eviction_order, plan
+from backends.spec import FOREVER
+from server.placement import Ledger, ResidentView, Verdict, eviction_order, plan
 
 
 def test_fits_without_evicting_when_there_is_room():
-    assert plan(300, [Resident("a", 500)], 1000).verdict is Verdict.FITS
-    assert plan(300, [Resident("a", 500)], 1000).evict == ()
+    assert plan(300, [ResidentView("a", 500)], 1000).verdict is Verdict.FITS
+    assert plan(300, [ResidentView("a", 500)], 1000).evict == ()
 
 
 def test_larger_than_the_whole_budget_never_fits():
@@ -14,55 +15,55 @@ def test_larger_than_the_whole_budget_never_fits():
 
 
 def test_pinned_models_reduce_what_can_ever_fit():
-    decision = plan(600, [Resident("p", 500, pinned=True)], 1000)
+    decision = plan(600, [ResidentView("p", 500, pinned=True)], 1000)
     assert decision.verdict is Verdict.NEVER and "pinned" in decision.reason
 
 
 def test_evicts_idle_models_shortest_keep_alive_first():
-    residents = [Resident("long", 400, keep_alive_s=3600), Resident("short", 400, keep_alive_s=10)]
+    residents = [ResidentView("long", 400, keep_alive_s=3600), ResidentView("short", 400, keep_alive_s=10)]
     assert plan(500, residents, 1000).evict == ("short",)
 
 
 def test_evicts_least_recently_used_among_equal_keep_alives():
-    residents = [Resident("recent", 400, last_used=20), Resident("old", 400, last_used=10)]
+    residents = [ResidentView("recent", 400, last_used=20), ResidentView("old", 400, last_used=10)]
     assert plan(500, residents, 1000).evict == ("old",)
 
 
 def test_forever_keep_alive_goes_last():
-    residents = [Resident("forever", 300, keep_alive_s=FOREVER), Resident("brief", 300, keep_alive_s=1)]
+    residents = [ResidentView("forever", 300, keep_alive_s=FOREVER), ResidentView("brief", 300, keep_alive_s=1)]
     assert [r.id for r in eviction_order(residents)] == ["brief", "forever"]
 
 
 def test_evicts_only_as_many_as_needed():
-    residents = [Resident(f"m{i}", 200, last_used=i) for i in range(5)]
+    residents = [ResidentView(f"m{i}", 200, last_used=i) for i in range(5)]
     assert plan(300, residents, 1000).evict == ("m0", "m1")
 
 
 def test_never_evicts_busy_models_drains_them_instead():
-    residents = [Resident("busy", 600, busy=True), Resident("idle", 100)]
+    residents = [ResidentView("busy", 600, busy=True), ResidentView("idle", 100)]
     decision = plan(700, residents, 1000)
     assert decision.verdict is Verdict.DRAIN and decision.drain == ("busy",)
 
 
 def test_idle_models_alone_suffice_no_drain():
-    residents = [Resident("busy", 300, busy=True), Resident("idle", 600)]
+    residents = [ResidentView("busy", 300, busy=True), ResidentView("idle", 600)]
     assert plan(600, residents, 1000) == plan(600, residents, 1000)
     decision = plan(600, residents, 1000)
     assert decision.verdict is Verdict.FITS and decision.evict == ("idle",)
 
 
 def test_waits_when_draining_models_already_make_room():
-    residents = [Resident("going", 600, busy=True, draining=True)]
+    residents = [ResidentView("going", 600, busy=True, draining=True)]
     assert plan(700, residents, 1000).verdict is Verdict.WAIT
 
 
 def test_wanted_models_are_neither_evicted_nor_drained():
-    residents = [Resident("wanted", 600, wanted=True), Resident("wanted-busy", 300, busy=True, wanted=True)]
+    residents = [ResidentView("wanted", 600, wanted=True), ResidentView("wanted-busy", 300, busy=True, wanted=True)]
     assert plan(500, residents, 1000).verdict is Verdict.WAIT
 
 
 def test_pinned_models_are_never_victims():
-    residents = [Resident("pinned", 500, pinned=True), Resident("idle", 300)]
+    residents = [ResidentView("pinned", 500, pinned=True), ResidentView("idle", 300)]
     decision = plan(500, residents, 1000)
     assert decision.verdict is Verdict.FITS and decision.evict == ("idle",)
 

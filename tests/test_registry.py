@@ -2,8 +2,9 @@
 
 import pytest
 
-from backends.base import StopMatcher
-from server.registry import FOREVER, RegistryError, load_registry, parse_keep_alive
+from backends.spec import FOREVER, parse_keep_alive
+from backends.text import StopMatcher
+from server.registry import RegistryError, load_registry
 
 
 def write(tmp_path, text):

@@ -121,13 +121,13 @@ def test_prompt_longer_than_the_context_is_a_400_before_generating(app):
 
 
 def test_estimate_matches_the_loaded_footprint(app):
-    spec = app.app.state.services.registry.get(app.model)
+    plan, estimate = app.arbiter.plan(app.app.state.services.registry.get(app.model))
     worker = app.resident(app.model, stats=True)["worker"]
     # weights: safetensors sizes scaled by dtype and quantization bits vs what torch holds
-    assert 0.8 <= spec.weight_bytes() / worker["weights_bytes"] <= 1.25
+    assert 0.8 <= plan.weights_bytes / worker["weights_bytes"] <= 1.25
     # weights + KV cache vs the worker's own account; the full estimate covers it
-    assert 0.8 <= (spec.weight_bytes() + spec.kv_bytes()) / (worker["memory_mb"] * 1024 * 1024) <= 1.25
-    assert spec.estimate_mb() >= worker["memory_mb"]
+    assert 0.8 <= (estimate.weights_mb + estimate.kv_cache_mb) / worker["memory_mb"] <= 1.25
+    assert estimate.model_mb >= worker["memory_mb"]
 
 
 def test_models_list_shows_chat_and_completion_and_the_context(app):

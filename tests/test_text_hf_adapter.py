@@ -1,6 +1,6 @@
 """The Hugging Face adapter's completions, embeddings, logprobs, penalties and JSON output, per format.
 
-Driven through a real worker process (server.workers.WorkerFactory) without the HTTP app: the
+Driven through a real worker process (server.worker_client.WorkerFactory) without the HTTP app: the
 routes that map these features are tested with them.
 """
 

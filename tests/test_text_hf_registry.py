@@ -14,7 +14,9 @@ from conftest import fake
 from hf_support import HELLO, build_demo_models, hf_entry
 
 from backends.capability import Capability
-from server.registry import HfSpec, load_registry
+from backends.hf.spec import HfSpec
+from backends.plan import MIB, Device
+from server.registry import load_registry
 from tinymodels import hf as tiny_hf
 
 
@@ -43,7 +45,7 @@ def test_default_registry_serves_the_demo_hf_models_from_the_cache(demo_root):
     assert paths == {"demo-hf": demo_root / "tiny-hf", "demo-bnb4": demo_root / "tiny-hf",
                      "demo-bnb8": demo_root / "tiny-hf", "demo-gptq": demo_root / "tiny-gptq",
                      "demo-embed-hf": demo_root / "tiny-embed-hf"}  # "~" expanded
-    assert registry.get("demo-gptq").quantization() == "gptq"  # from the checkpoint's config.json
+    assert registry.get("demo-gptq").resolve(Device()).quantization == "gptq"  # from the checkpoint's config.json
     assert registry.get("demo-embed-hf").capabilities == {Capability.EMBEDDING}
     assert registry.get("demo-bnb4").capabilities == {Capability.CHAT, Capability.COMPLETION}
 
@@ -79,18 +81,19 @@ def _fake_checkpoint(directory: Path) -> Path:
 def test_estimate_scales_with_quantization_bits_and_context(tmp_path):
     path = _fake_checkpoint(tmp_path / "llama-7b")
 
-    def spec(**options):
+    def plan(**options):
         fields = {k: options.pop(k) for k in ("context_length",) if k in options}
-        return HfSpec(id="m", backend="hf", path=path, options={"device": "cuda", **options}, **fields)
+        spec = HfSpec(id="m", backend="hf", path=path, options={"device": "cuda", **options}, **fields)
+        return spec.resolve(Device(kind="cuda"))
 
-    fp16, q4, q8 = spec(), spec(quantization="4bit"), spec(quantization="8bit")
-    assert 12.5e9 < fp16.weight_bytes() < 13.6e9  # 6.7B parameters in fp16
-    assert 0.25 < q4.weight_bytes() / fp16.weight_bytes() < 0.35  # 4-bit linears, fp16 embeddings and head
-    assert 0.5 < q8.weight_bytes() / fp16.weight_bytes() < 0.6
-    assert fp16.kv_bytes() == 2 * 32 * 32 * 128 * 4096 * 2  # K and V, every layer, full context, fp16
-    assert spec(context_length=2048).kv_bytes() == fp16.kv_bytes() / 2
-    assert 3500 < q4.estimate_mb() < 6500  # what a 7B in 4-bit with a 4k context takes on a 12 GB card
-    assert spec(device="cpu").compute_dtype() == "float32"
+    fp16, q4, q8 = plan(), plan(quantization="4bit"), plan(quantization="8bit")
+    assert 12.5e9 < fp16.weights_bytes < 13.6e9  # 6.7B parameters in fp16
+    assert 0.25 < q4.weights_bytes / fp16.weights_bytes < 0.35  # 4-bit linears, fp16 embeddings and head
+    assert 0.5 < q8.weights_bytes / fp16.weights_bytes < 0.6
+    assert fp16.estimate().kv_cache_mb * MIB == 2 * 32 * 32 * 128 * 4096 * 2  # K and V, every layer, full context
+    assert plan(context_length=2048).estimate().kv_cache_mb == fp16.estimate().kv_cache_mb / 2
+    assert 3500 < q4.estimate().model_mb < 6500  # what a 7B in 4-bit with a 4k context takes on a 12 GB card
+    assert plan(device="cpu").dtype == "float32"
 
 
 def test_two_hf_formats_over_the_budget_take_turns(demo_root, served):

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from backends.spec import parse_keep_alive
+
 # Every numeric request field is bounded; NaN and infinities are refused (hardening item 11).
 MAX_TOKENS_LIMIT = 1_000_000
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)]
@@ -45,12 +47,10 @@ class GenerationRequest(WireModel):
     @field_validator("keep_alive")
     @classmethod
     def _keep_alive(cls, value: Any) -> Any:
-        from server.registry import parse_keep_alive
-
         return None if value is None else parse_keep_alive(value)
 
     def sampling(self) -> dict[str, Any]:
-        """The contract's SamplingParams fields this request sets (backends/base.py)."""
+        """The contract's SamplingParams fields this request sets (backends/contract.py)."""
         params: dict[str, Any] = {"stop": self.stop_list()}
         for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias"):
             value = getattr(self, name)

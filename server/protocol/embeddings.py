@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from backends.spec import parse_keep_alive
 from server.protocol.common import WireModel
 
 InputText = Annotated[str, Field(max_length=1_000_000)]
@@ -43,8 +44,6 @@ class EmbeddingRequest(WireModel):
     @field_validator("keep_alive")
     @classmethod
     def _keep_alive(cls, value: Any) -> Any:
-        from server.registry import parse_keep_alive
-
         return None if value is None else parse_keep_alive(value)
 
     def inputs(self) -> list[str]:

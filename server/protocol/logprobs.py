@@ -1,4 +1,4 @@
-"""The engine's TokenLogprob entries (backends/base.py) in OpenAI's two shapes. Pure functions."""
+"""The engine's TokenLogprob entries (backends/contract.py) in OpenAI's two shapes. Pure functions."""
 
 from __future__ import annotations
 
@@ -36,10 +36,3 @@ def legacy(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "text_offset": [e.get("text_offset", 0) for e in entries],
     }
 
-
-def merge_legacy(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    merged: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-    for part in parts:
-        for key in merged:
-            merged[key].extend(part[key])
-    return merged

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from server.errors import ModelNotFound, NotFound
 from server.protocol.common import WireModel
-from server.routes.common import services
+from server.services import services_of
 
 router = APIRouter(prefix="/admin")
 
@@ -20,7 +20,7 @@ class UnloadRequest(WireModel):
 
 @router.get("/ps")
 async def residents(request: Request, stats: bool = False):
-    arbiter = services(request).arbiter
+    arbiter = services_of(request).arbiter
     snapshot = arbiter.snapshot()
     if stats:  # ask each worker for its own counters (tokens generated, active requests)
         for entry in snapshot["residents"]:
@@ -33,7 +33,7 @@ async def residents(request: Request, stats: bool = False):
 
 @router.post("/unload")
 async def unload(request: Request, body: UnloadRequest):
-    svc = services(request)
+    svc = services_of(request)
     spec = svc.registry.resolve(body.model)
     if spec is None:
         raise ModelNotFound(f"The model '{body.model[:100]}' does not exist.", param="model")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Literal, cast
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
@@ -12,10 +13,13 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from backends.capability import Capability
+from backends.contract import TranscriptionParams, TranscriptionResult
+from backends.whisper.spec import WhisperSpec
 from server.audio import SAMPLE_RATE, AudioError, decode
 from server.errors import InvalidRequest
+from server.generation import Generation, model_for, until_disconnected
 from server.protocol import audio as wire
-from server.routes.common import Generation, resolve, services, until_disconnected
+from server.services import services_of
 
 router = APIRouter()
 
@@ -38,9 +42,9 @@ async def read_form(request: Request):
     return body, upload
 
 
-async def _serve(request: Request, task: str):
+async def _serve(request: Request, task: Literal["transcribe", "translate"]):
     body, upload = await read_form(request)
-    spec = resolve(request, body.model, Capability.TRANSCRIPTION)
+    spec = cast(WhisperSpec, model_for(request, body.model, Capability.TRANSCRIPTION))
     started = time.perf_counter()
     try:
         audio = await asyncio.to_thread(decode, upload.file, spec.options.max_audio_seconds)
@@ -48,15 +52,16 @@ async def _serve(request: Request, task: str):
         raise InvalidRequest(str(exc), param="file") from None
     finally:
         await upload.close()
-    scratch = request.app.state.audio_scratch
-    path = scratch.new_file(".f32")
+    svc = services_of(request)
+    path = svc.audio_scratch.new_file(".f32")
     await asyncio.to_thread(audio.tofile, path)
     words = "word" in body.timestamp_granularities
-    params = {"audio_path": str(path), "task": task, "language": body.language if task == "transcribe" else None,
-              "prompt": body.prompt, "temperature": body.temperature,
-              "word_timestamps": words and body.response_format == "verbose_json"}
+    params = TranscriptionParams(audio_path=str(path), task=task,
+                                 language=body.language if task == "transcribe" else None, prompt=body.prompt,
+                                 temperature=body.temperature,
+                                 word_timestamps=words and body.response_format == "verbose_json")
     try:
-        generation = await Generation.open(request, spec, None, "transcribe", [params])
+        generation = await Generation.open(request, spec, None, [params])
         try:
             [(_, result)] = await until_disconnected(request, generation.collect())
         finally:
@@ -65,11 +70,11 @@ async def _serve(request: Request, task: str):
         with contextlib.suppress(OSError):
             path.unlink()
     seconds = audio.size / SAMPLE_RATE
-    services(request).metrics.observe_transcription(spec.id, seconds, time.perf_counter() - started)
-    return render(body, task, result, seconds)
+    svc.metrics.observe_transcription(spec.id, seconds, time.perf_counter() - started)
+    return render(body, task, cast(TranscriptionResult, result), seconds)
 
 
-def render(body: wire.TranscriptionForm, task: str, result: dict, seconds: float) -> Response:
+def render(body: wire.TranscriptionForm, task: str, result: TranscriptionResult, seconds: float) -> Response:
     result = {**result, "duration": round(seconds, 3)}
     fmt = body.response_format
     if fmt == "text":

@@ -2,45 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from backends.capability import Capability
+from backends.contract import CompletionParams, TextChunk, TextResult
+from server.generation import Generation, model_for, sse, sse_response, until_disconnected
 from server.protocol import completions as wire
 from server.protocol import logprobs as lp
 from server.protocol.common import new_id, now, usage
-from server.routes.common import Generation, resolve, services, sse, sse_response, until_disconnected
+from server.services import services_of
 
 router = APIRouter()
 
 
-def engine_params(body: wire.CompletionRequest) -> list[dict[str, Any]]:
+def engine_params(body: wire.CompletionRequest) -> list[CompletionParams]:
     """Choice i*n + j is prompt i's j-th sample (the spec's order for a list of prompts)."""
-    base: dict[str, Any] = {"max_tokens": body.max_tokens, "echo": body.echo, **body.sampling()}
-    if body.suffix is not None:
-        base["suffix"] = body.suffix
-    if body.logprobs is not None:
-        base["logprobs"] = body.logprobs
+    base = CompletionParams(max_tokens=body.max_tokens, echo=body.echo, suffix=body.suffix, logprobs=body.logprobs,
+                            **body.sampling())
     calls = []
     for prompt in body.prompts():
         for j in range(body.n):
-            params = {**base, "prompt": prompt}
-            if params.get("seed") is not None:
-                params["seed"] += j
-            calls.append(params)
+            seed = None if base.seed is None else base.seed + j
+            calls.append(dataclasses.replace(base, prompt=prompt, seed=seed))
     return calls
 
 
-def _usage(body: wire.CompletionRequest, finals: list[dict[str, Any]]) -> tuple[int, int]:
-    prompt = sum(f.get("usage", {}).get("prompt_tokens", 0) for f in finals[:: body.n])
-    completion = sum(f.get("usage", {}).get("completion_tokens", 0) for f in finals)
+def _usage(body: wire.CompletionRequest, finals: list[TextResult]) -> tuple[int, int]:
+    prompt = sum(f["usage"]["prompt_tokens"] for f in finals[:: body.n])
+    completion = sum(f["usage"]["completion_tokens"] for f in finals)
     return prompt, completion
 
 
-def _logprobs(body: wire.CompletionRequest, chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _logprobs(body: wire.CompletionRequest, chunks: list[TextChunk]) -> dict[str, Any] | None:
     if body.logprobs is None:
         return None
     return lp.legacy([e for c in chunks for e in c.get("logprobs", [])])
@@ -48,8 +46,8 @@ def _logprobs(body: wire.CompletionRequest, chunks: list[dict[str, Any]]) -> dic
 
 @router.post("/v1/completions")
 async def create_completion(request: Request, body: wire.CompletionRequest):
-    spec = resolve(request, body.model, Capability.COMPLETION)
-    generation = await Generation.open(request, spec, body.keep_alive, "complete", engine_params(body))
+    spec = model_for(request, body.model, Capability.COMPLETION)
+    generation = await Generation.open(request, spec, body.keep_alive, engine_params(body))
     cid, created = new_id("cmpl"), now()
     if body.stream:
         return sse_response(request, generation, _stream(body, generation, cid, created))
@@ -57,11 +55,11 @@ async def create_completion(request: Request, body: wire.CompletionRequest):
         results = await until_disconnected(request, generation.collect())
     finally:
         generation.close()
-    choices = [wire.choice(i, "".join(c.get("text", "") for c in chunks), final.get("finish_reason", "stop"),
-                           _logprobs(body, chunks))
-               for i, (chunks, final) in enumerate(results)]
-    generation.usage = _usage(body, [final for _, final in results])
-    services(request).metrics.observe_generation(request, generation)
+    texts = [(cast(list[TextChunk], chunks), cast(TextResult, final)) for chunks, final in results]
+    choices = [wire.choice(i, "".join(c["text"] for c in chunks), final["finish_reason"], _logprobs(body, chunks))
+               for i, (chunks, final) in enumerate(texts)]
+    generation.usage = _usage(body, [final for _, final in texts])
+    services_of(request).metrics.observe_generation(spec.id, generation)
     # Plain JSON data already: skip FastAPI's jsonable_encoder pass on the hot path.
     return JSONResponse(wire.body(cid, created, body.model, choices, usage(*generation.usage)))
 
@@ -75,11 +73,15 @@ async def _stream(body: wire.CompletionRequest, generation: Generation, cid: str
             out["usage"] = None  # every chunk but the last carries a null usage
         return sse(out)
 
-    async for index, piece in generation.events():
-        if piece.get("text") or piece.get("logprobs"):
-            yield event([wire.choice(index, piece.get("text", ""), None, _logprobs(body, [piece]))])
-    for index, call in enumerate(generation.calls):
-        yield event([wire.choice(index, "", (call.final or {}).get("finish_reason", "stop"), None)])
-    generation.usage = _usage(body, [call.final or {} for call in generation.calls])
+    async for index, raw in generation.events():
+        piece = cast(TextChunk, raw)
+        if piece["text"] or piece.get("logprobs"):
+            yield event([wire.choice(index, piece["text"], None, _logprobs(body, [piece]))])
+    if generation.abandoned:
+        return
+    finals = cast(list[TextResult], generation.finals())
+    for index, final in enumerate(finals):
+        yield event([wire.choice(index, "", final["finish_reason"], None)])
+    generation.usage = _usage(body, finals)
     if with_usage:
         yield sse(wire.body(cid, created, body.model, [], usage(*generation.usage)))

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from backends.capability import Capability
+from backends.contract import EmbeddingParams, EmbeddingResult
+from server.generation import Generation, model_for
 from server.protocol import embeddings as wire
-from server.routes.common import Generation, resolve, services
+from server.services import services_of
 
 router = APIRouter()
 
 
 @router.post("/v1/embeddings")
 async def create_embeddings(request: Request, body: wire.EmbeddingRequest):
-    spec = resolve(request, body.model, Capability.EMBEDDING)
-    generation = await Generation.open(request, spec, body.keep_alive, "embed", [{"inputs": body.inputs()}])
+    spec = model_for(request, body.model, Capability.EMBEDDING)
+    generation = await Generation.open(request, spec, body.keep_alive, [EmbeddingParams(inputs=body.inputs())])
     try:
-        [(_, final)] = await generation.collect()
+        [(_, raw)] = await generation.collect()
     finally:
         generation.close()
-    prompt_tokens = final.get("usage", {}).get("prompt_tokens", 0)
+    result = cast(EmbeddingResult, raw)
+    prompt_tokens = result["usage"]["prompt_tokens"]
     generation.usage = (prompt_tokens, 0)
-    services(request).metrics.observe_generation(request, generation)
+    services_of(request).metrics.observe_generation(spec.id, generation)
     # Plain JSON data already: skip FastAPI's jsonable_encoder pass on the hot path.
-    return JSONResponse(wire.response(body.model, final.get("embeddings", []), body.encoding_format, prompt_tokens))
+    return JSONResponse(wire.response(body.model, result["embeddings"], body.encoding_format, prompt_tokens))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from server.routes.common import services
+from server.services import services_of
 
 router = APIRouter()
 
@@ -17,10 +17,10 @@ async def health():
 
 @router.get("/health/ready")
 async def ready(request: Request):
-    arbiter = services(request).arbiter
+    arbiter = services_of(request).arbiter
     body = {
         "status": "shutting_down" if arbiter.closing else "ready",
-        "models": len(services(request).registry),
+        "models": len(services_of(request).registry),
         "loading": arbiter.loading(),
         "waiting": arbiter.waiting,
     }

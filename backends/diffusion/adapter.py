@@ -1,8 +1,9 @@
 """diffusers text-to-image pipelines (SD 1.x/2.x, SDXL, turbo-style) inside a worker process.
 
 Loads a local diffusers directory (model_index.json) or one .safetensors checkpoint, safetensors
-only, never remote code or custom pipelines. fp16 on a GPU, fp32 on CPU. Cancellation is checked
-after every denoising step (callback_on_step_end), so a client that leaves stops the steps.
+only, never remote code or custom pipelines, in the plan's dtype (fp16 on a GPU, fp32 on CPU).
+Cancellation is checked after every denoising step (callback_on_step_end), so a client that leaves
+stops the steps.
 """
 
 from __future__ import annotations
@@ -13,24 +14,21 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from backends.base import Cancel, Chunks, ImageParams, InvalidInput
-
-MIB = 1024 * 1024
+from backends.contract import Cancel, Chunks, ImageParams, ImageResult, InvalidInput
+from backends.diffusion.plan import DiffusionPlan
+from backends.plan import MIB
 
 
 class DiffusionAdapter:
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, plan: DiffusionPlan):
         import torch
 
-        self.model_id = spec["id"]
-        self.options = spec.get("options", {})
+        self.plan = plan
         self._torch = torch
-        wanted = self.options.get("device", "auto")
-        self.device = "cuda" if wanted != "cpu" and torch.cuda.is_available() else "cpu"
-        if wanted == "cuda" and self.device != "cuda":
-            raise RuntimeError("device: cuda was configured but no CUDA device is visible")
-        self.dtype = torch.float16 if self.device == "cuda" else torch.float32
-        self.pipe = self._load(Path(spec["path"]))
+        if plan.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device: cuda was planned but torch sees no CUDA device")
+        self.dtype = getattr(torch, plan.dtype)
+        self.pipe = self._load(plan.path)
         self.pipe.set_progress_bar_config(disable=True)
         self._lock = threading.Lock()  # one pipeline, one denoising loop at a time
         self._images = 0
@@ -45,57 +43,49 @@ class DiffusionAdapter:
 
         diffusers.utils.logging.disable_progress_bar()  # worker logs are for people, not progress bars
 
-        kind = self.options.get("pipeline", "auto")
+        plan = self.plan
         kwargs: dict[str, Any] = {"dtype": self.dtype, "use_safetensors": True}
         if path.is_file():
             if path.suffix != ".safetensors":
                 raise RuntimeError(f"{path.name}: only .safetensors checkpoints are loaded")
-            cls = diffusers.StableDiffusionXLPipeline if kind == "sdxl" else diffusers.StableDiffusionPipeline
-            if self.options.get("config"):
-                kwargs["config"] = str(self.options["config"])
-            if cls is diffusers.StableDiffusionPipeline and not self.options.get("safety_checker"):
+            cls = diffusers.StableDiffusionXLPipeline if plan.pipeline == "sdxl" else diffusers.StableDiffusionPipeline
+            if plan.config:
+                kwargs["config"] = str(plan.config)
+            if cls is diffusers.StableDiffusionPipeline and not plan.safety_checker:
                 kwargs.update(safety_checker=None, requires_safety_checker=False)
             pipe = cls.from_single_file(str(path), local_files_only=True, **kwargs)
         else:
             cls = {"sd": diffusers.StableDiffusionPipeline, "sdxl": diffusers.StableDiffusionXLPipeline}.get(
-                kind, diffusers.AutoPipelineForText2Image)
+                plan.pipeline, diffusers.AutoPipelineForText2Image)
             has_checker = (path / "safety_checker").is_dir()
-            if not self.options.get("safety_checker") and (has_checker or cls is diffusers.StableDiffusionPipeline):
+            if not plan.safety_checker and (has_checker or cls is diffusers.StableDiffusionPipeline):
                 kwargs.update(safety_checker=None, requires_safety_checker=False)
             pipe = cls.from_pretrained(str(path), local_files_only=True, **kwargs)
-        if self.options.get("safety_checker") and getattr(pipe, "safety_checker", None) is None:
+        if plan.safety_checker and getattr(pipe, "safety_checker", None) is None:
             raise RuntimeError("safety_checker: true, but this pipeline has no safety checker to run")
-        scheduler = self.options.get("scheduler")
-        if scheduler:
-            pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
-        return pipe.to(self.device)
+        if plan.scheduler:
+            pipe.scheduler = getattr(diffusers, plan.scheduler).from_config(pipe.scheduler.config)
+        return pipe.to(plan.device)
 
     def memory_mb(self) -> float:
-        # Weights plus one default-size image's activations (see DiffusionSpec.activations_mb).
-        width, _, height = str(self.options.get("default_size", "512x512")).partition("x")
-        unet = getattr(self.pipe, "unet", None)
-        channels = unet.config.block_out_channels[0] if unet is not None else 320
-        pixels = int(width) * int(height)
-        activations = 1536 * (pixels / (512 * 512)) * (channels / 320) * (2 if self.device == "cuda" else 4) / 2
-        return self._weights_mb + activations
+        # The weights as loaded, plus the largest image's activations (as estimated).
+        return self._weights_mb + self.plan.estimate().activations_mb
 
     def stats(self) -> dict[str, Any]:
         return {"images_generated": self._images, "steps_run": self._steps, "cancelled": self._cancelled}
 
     def close(self) -> None:
         self.pipe = None
-        if self.device == "cuda":
+        if self.plan.device == "cuda":
             self._torch.cuda.empty_cache()
 
     def generate_image(self, params: ImageParams, cancel: Cancel) -> Chunks:
-        steps = params.steps or int(self.options.get("default_steps", 30))
-        if steps > int(self.options.get("max_steps", 100)):
-            raise InvalidInput(f"steps must be at most {self.options.get('max_steps', 100)}", param="steps")
+        steps = params.steps or self.plan.default_steps
+        if steps > self.plan.max_steps:
+            raise InvalidInput(f"steps must be at most {self.plan.max_steps}", param="steps")
         if params.width % 8 or params.height % 8:
             raise InvalidInput("width and height must be multiples of 8", param="size")
-        guidance = params.guidance_scale
-        if guidance is None:
-            guidance = float(self.options.get("default_guidance", 7.5))
+        guidance = self.plan.default_guidance if params.guidance_scale is None else params.guidance_scale
         images: list[str] = []
         nsfw: list[bool] = []
         with self._lock:
@@ -111,15 +101,16 @@ class DiffusionAdapter:
         finish = "cancelled" if cancel else "stop"
         if cancel:
             self._cancelled += 1
-        return {"images": images, "steps": steps, "seed": params.seed, "finish_reason": finish,
-                "nsfw": nsfw if self.options.get("safety_checker") else None}
+        result: ImageResult = {"images": images, "steps": steps, "seed": params.seed, "finish_reason": finish,
+                               "nsfw": nsfw if self.plan.safety_checker else None}
+        return result
 
     def _one(self, params: ImageParams, steps: int, guidance: float, index: int,
              cancel: Cancel) -> tuple[str | None, bool]:
         torch = self._torch
         generator = None
         if params.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed((params.seed + index) % 2**64)
+            generator = torch.Generator(device=self.plan.device).manual_seed((params.seed + index) % 2**64)
 
         def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
             self._steps += 1

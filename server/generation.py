@@ -1,4 +1,9 @@
-"""What every model route does: find the model, lease it, call its worker, watch the client."""
+"""The generation hub every model route goes through: find the model, lease it from the arbiter,
+call its worker, watch the client, and stream or collect what the engine produces.
+
+    route -> model_for() -> Generation.open(): arbiter lease + worker calls -> events() / collect()
+          -> close(): cancel what still runs, release the lease
+"""
 
 from __future__ import annotations
 
@@ -12,26 +17,22 @@ from fastapi import Request
 from starlette.responses import StreamingResponse
 
 from backends.capability import Capability
-from server.errors import ClientDisconnected, ModelNotFound, ModelyardError, UnsupportedCapability, error_body
-from server.workers import Call
+from backends.contract import Params
+from backends.spec import BaseSpec
+from server.access import note_model
+from server.arbiter import Lease
+from server.errors import ClientDisconnected, ModelyardError, error_body
+from server.services import services_of
+from server.worker_client import Call
 
 T = TypeVar("T")
 
 
-def services(request: Request):
-    return request.app.state.services
-
-
-def resolve(request: Request, name: str, capability: Capability):
-    """The spec a client-facing model name refers to, checked for the capability asked of it."""
-    spec = services(request).registry.resolve(name)
-    request.state.model_label = spec.id if spec is not None else "unknown"
-    if spec is None:
-        raise ModelNotFound(f"The model '{name[:100]}' does not exist or you do not have access to it.",
-                            param="model")
-    if capability not in spec.capabilities:
-        raise UnsupportedCapability(f"model {spec.id} does not support {capability.value}", param="model")
-    return spec
+def model_for(request: Request, name: str, capability: Capability) -> BaseSpec:
+    """The model a request names, able to do what the request asks; named in its access log."""
+    spec = services_of(request).registry.resolve(name)
+    note_model(request, spec.id if spec is not None else "unknown")
+    return services_of(request).registry.require(name, capability)
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
@@ -59,13 +60,15 @@ async def _disconnected(request: Request) -> None:
 
 
 class Generation:
-    """`n` calls on one leased worker, each with its first event already in hand.
+    """Calls on one leased worker (one per choice or prompt), each with its first event in hand.
 
     Peeking the first event means an engine's refusal (prompt too long, bad parameter) still
     becomes a real HTTP status, not an error inside a 200 stream.
     """
 
-    def __init__(self, lease, calls: list[Call], firsts: list[dict[str, Any] | None], started: float):
+    def __init__(self, spec: BaseSpec, lease: Lease, calls: list[Call], firsts: list[dict[str, Any] | None],
+                 started: float):
+        self.spec = spec
         self.lease = lease
         self.calls = calls
         self.firsts = firsts
@@ -74,23 +77,21 @@ class Generation:
         self.usage = (0, 0)  # prompt, completion tokens; set by the route once known
 
     @classmethod
-    async def open(cls, request: Request, spec, keep_alive: float | None, method: str,
-                   params: list[dict[str, Any]]) -> Generation:
+    async def open(cls, request: Request, spec: BaseSpec, keep_alive: float | None,
+                   params: list[Params]) -> Generation:
         async def start() -> Generation:
             started = time.perf_counter()
-            lease = await services(request).arbiter.acquire(spec, keep_alive)
+            lease = await services_of(request).arbiter.acquire(spec, keep_alive)
             calls: list[Call] = []
             try:
-                calls = [await lease.worker.call(method, p) for p in params]
+                calls = [await lease.worker.call(p) for p in params]
                 firsts = [await _first(call) for call in calls]
             except BaseException:
                 for call in calls:
                     call.cancel()
                 lease.release()
                 raise
-            generation = cls(lease, calls, firsts, started)
-            request.state.queue_wait_s = lease.waited_s
-            return generation
+            return cls(spec, lease, calls, firsts, started)
 
         return await until_disconnected(request, start())
 
@@ -99,8 +100,17 @@ class Generation:
             call.cancel()
         self.lease.release()
 
+    @property
+    def abandoned(self) -> bool:
+        """The client left and the calls were stopped: nobody reads what is left."""
+        return any(call.cancelled for call in self.calls)
+
+    def finals(self) -> list[dict[str, Any]]:
+        """Each call's result, once its events are read (and the generation was not abandoned)."""
+        return [call.final or {} for call in self.calls]
+
     async def events(self) -> AsyncIterator[tuple[int, dict[str, Any]]]:
-        """(choice index, chunk) in arrival order; afterwards each call's `final` is set."""
+        """(call index, chunk) in arrival order; afterwards each call's `final` is set."""
         if len(self.calls) == 1:
             async for item in self._one(0):
                 yield item
@@ -144,11 +154,11 @@ class Generation:
             self.first_token_at = time.perf_counter()
 
     async def collect(self) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
-        """Every call's chunks and final result (non-streaming)."""
+        """Every call's chunks and result (non-streaming)."""
         per_call: list[list[dict[str, Any]]] = [[] for _ in self.calls]
         async for index, chunk in self.events():
             per_call[index].append(chunk)
-        return [(chunks, call.final or {}) for chunks, call in zip(per_call, self.calls, strict=True)]
+        return list(zip(per_call, self.finals(), strict=True))
 
 
 async def _first(call: Call) -> dict[str, Any] | None:
@@ -176,12 +186,11 @@ def sse_response(request: Request, generation: Generation, body: AsyncIterator[b
             async for data in body:
                 yield data
         except ModelyardError as exc:
-            request.state.stream_error = exc.code or exc.type
             yield sse(error_body(exc))
         finally:
             watcher.cancel()
             generation.close()
-            services(request).metrics.observe_generation(request, generation)
+            services_of(request).metrics.observe_generation(generation.spec.id, generation)
         yield DONE
 
     return StreamingResponse(stream(), media_type="text/event-stream",

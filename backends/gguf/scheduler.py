@@ -7,7 +7,7 @@ requests that do not fit wait for others to finish. Each idle slot keeps its las
 cells, and a new request takes the idle slot sharing the longest prefix (chat follow-ups skip
 re-reading the conversation); other idle slots are cleared then.
 
-What a sequence produces is decided by its `stream` (backends/gguf.py): emit(token, logits) ->
+What a sequence produces is decided by its `stream` (stream.py): emit(token, logits) ->
 (finish reason, chunk, counted); prompt_logits(row) for each prompt position and then
 prompt_done() -> the echo chunk, when the prompt's logprobs are asked for;
 finish(reason) -> the final dict.
@@ -144,11 +144,7 @@ class Scheduler:
         if seq.prompt_logits:
             return best, 0  # every prompt position must be decoded again
         for slot in sorted(self._free):
-            shared = 0
-            for a, b in zip(self._slots[slot], seq.tokens, strict=False):
-                if a != b:
-                    break
-                shared += 1
+            shared = _common_prefix(self._slots[slot], seq.tokens)
             if shared > best_shared:
                 best, best_shared = slot, shared
         return best, best_shared
@@ -159,11 +155,7 @@ class Scheduler:
         if seq.prompt_logits:
             return best, 0
         for slot, cached in enumerate(self._slots):
-            shared = 0
-            for a, b in zip(cached, seq.tokens, strict=False):
-                if a != b:
-                    break
-                shared += 1
+            shared = _common_prefix(cached, seq.tokens)
             if shared > best_shared:
                 best, best_shared = slot, shared
         return best, best_shared
@@ -263,3 +255,13 @@ class Scheduler:
         if seq.slot is not None:
             self._clear(seq.slot)
         seq.events.put(("error", exc))
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two sequences share."""
+    shared = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        shared += 1
+    return shared

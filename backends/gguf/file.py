@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MIB = 1024 * 1024
-
 
 class GgufFileError(ValueError):
     """The file is missing, empty, truncated or not GGUF."""

@@ -11,44 +11,35 @@ Audio arrives already decoded (16 kHz mono float32, in a file the server wrote);
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from backends.base import Cancel, Chunks, InvalidInput, TranscriptionParams
+from backends.contract import Cancel, Chunks, InvalidInput, Segment, TranscriptionParams, TranscriptionResult
+from backends.whisper.plan import WhisperPlan
 
-MIB = 1024 * 1024
-SAMPLE_RATE = 16000
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 class WhisperAdapter:
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, plan: WhisperPlan):
         import ctranslate2
         from faster_whisper import WhisperModel
 
-        self.model_id = spec["id"]
-        self.options = spec.get("options", {})
-        path = Path(spec["path"])
-        wanted = self.options.get("device", "auto")
-        self.device = "cuda" if wanted != "cpu" and ctranslate2.get_cuda_device_count() > 0 else "cpu"
-        if wanted == "cuda" and self.device != "cuda":
-            raise RuntimeError("device: cuda was configured but CTranslate2 sees no CUDA device")
-        if not (path / "tokenizer.json").is_file():  # faster-whisper would otherwise fetch one from the hub
-            raise RuntimeError(f"{path}: tokenizer.json is missing (convert with --copy_files tokenizer.json)")
-        compute_type = self.options.get("compute_type", "default")
-        self.model = WhisperModel(str(path), device=self.device, compute_type=compute_type,
-                                  cpu_threads=int(self.options.get("cpu_threads", 0)), local_files_only=True)
-        self._weights_mb = (path / "model.bin").stat().st_size / MIB
+        self.plan = plan
+        if plan.device == "cuda" and ctranslate2.get_cuda_device_count() == 0:
+            raise RuntimeError("device: cuda was planned but CTranslate2 sees no CUDA device")
+        if not (plan.path / "tokenizer.json").is_file():  # faster-whisper would otherwise fetch one from the hub
+            raise RuntimeError(f"{plan.path}: tokenizer.json is missing (convert with --copy_files tokenizer.json)")
+        self.model = WhisperModel(str(plan.path), device=plan.device, compute_type=plan.compute_type,
+                                  cpu_threads=plan.cpu_threads, local_files_only=True)
         self._lock = threading.Lock()  # one decoding loop at a time keeps memory at one model's worth
         self._seconds = 0.0
         self._requests = 0
         self._segments = 0
 
     def memory_mb(self) -> float:
-        beams = int(self.options.get("beam_size", 5))
-        return self._weights_mb * (1.0 + 0.05 * beams) + 32
+        return self.plan.estimate().model_mb
 
     def stats(self) -> dict[str, Any]:
         return {"audio_seconds": round(self._seconds, 3), "transcriptions": self._requests,
@@ -68,13 +59,12 @@ class WhisperAdapter:
         if language and language not in self.model.supported_languages:
             raise InvalidInput(f"language {language!r} is not a language this model knows", param="language")
         temperature = FALLBACK_TEMPERATURES if not params.temperature else params.temperature
-        max_new = self.options.get("max_new_tokens")
         with self._lock:
             segments, info = self.model.transcribe(
-                audio, language=language, task=params.task, beam_size=int(self.options.get("beam_size", 5)),
+                audio, language=language, task=params.task, beam_size=self.plan.beam_size,
                 temperature=temperature, initial_prompt=params.prompt or None,
-                word_timestamps=params.word_timestamps, max_new_tokens=max_new, vad_filter=False)
-            out: list[dict[str, Any]] = []
+                word_timestamps=params.word_timestamps, max_new_tokens=self.plan.max_new_tokens, vad_filter=False)
+            out: list[Segment] = []
             for segment in segments:  # a lazy generator: each window is decoded as we iterate
                 if cancel:
                     break
@@ -83,7 +73,7 @@ class WhisperAdapter:
         self._requests += 1
         self._seconds += info.duration
         words = [w for s in out for w in s.pop("words", [])] if params.word_timestamps else None
-        return {
+        result: TranscriptionResult = {
             "text": "".join(s["text"] for s in out).strip(),
             "language": info.language,
             "language_probability": info.language_probability,
@@ -92,6 +82,7 @@ class WhisperAdapter:
             "words": words,
             "finish_reason": "cancelled" if cancel else "stop",
         }
+        return result
         yield  # a generator like every capability method; transcription has no partial chunks
 
 
@@ -100,8 +91,8 @@ def _clip(seconds: float, duration: float) -> float:
     return round(min(max(float(seconds), 0.0), duration), 3)
 
 
-def _segment(index: int, segment, with_words: bool, duration: float) -> dict[str, Any]:
-    item = {
+def _segment(index: int, segment, with_words: bool, duration: float) -> Segment:
+    item: Segment = {
         "id": index,
         "seek": int(segment.seek),
         "start": _clip(segment.start, duration),

@@ -1,4 +1,7 @@
-"""Starting, talking to and stopping model worker processes (the server's end of backends.worker)."""
+"""The server's end of the pipe: starting, calling and stopping model worker processes.
+
+The other end is backends/worker_main.py; what crosses is in backends/contract.py.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from backends.contract import ErrorCode, ErrorReply, Params, encode_params, method_of
+from backends.plan import LoadPlan, type_name
 from server.errors import (
     BackendError,
+    ContextLengthExceeded,
     InvalidRequest,
     ModelLoadFailed,
     ModelyardError,
@@ -44,6 +50,7 @@ class Call:
         self._queue: asyncio.Queue = asyncio.Queue()
         self.final: dict[str, Any] | None = None
         self.done = False
+        self.cancelled = False  # stopped before its end: `final` stays None
 
     def _deliver(self, message: Any) -> None:
         self._queue.put_nowait(message)
@@ -80,24 +87,32 @@ class Call:
         """
         if self.done:
             return
-        self.done = True
+        self.done = self.cancelled = True
         self._worker._calls.pop(self.id, None)
         self._queue.put_nowait(_CANCELLED)
         self._worker._send_nowait({"op": "cancel", "id": self.id})
 
 
-def _map_error(err: dict[str, Any], label: str) -> ModelyardError:
-    if err.get("kind") == "invalid":
-        kind = UnsupportedCapability if err.get("code") == "unsupported" else InvalidRequest
-        return kind(err["message"], param=err.get("param"), code=err.get("code"))
-    return BackendError(f"model {label} failed: {err.get('message')}")
+_INVALID = {ErrorCode.UNSUPPORTED_CAPABILITY: UnsupportedCapability,
+            ErrorCode.CONTEXT_LENGTH_EXCEEDED: ContextLengthExceeded}
+
+
+def _map_error(err: ErrorReply, label: str) -> ModelyardError:
+    if err["kind"] == "invalid":
+        code = err.get("code")
+        kind = _INVALID.get(ErrorCode(code), InvalidRequest) if code else InvalidRequest
+        return kind(err["message"], param=err.get("param"), code=code)
+    if err["kind"] == "contract":
+        return BackendError(f"internal error: the server sent model {label} a call it does not understand: "
+                            f"{err['message']}")
+    return BackendError(f"model {label} failed: {err['message']}")
 
 
 class WorkerProcess:
     """A running worker: its pid, its own memory account, and calls multiplexed on one socket."""
 
-    def __init__(self, spec, process: asyncio.subprocess.Process, reader, writer):
-        self.spec = spec
+    def __init__(self, plan: LoadPlan, process: asyncio.subprocess.Process, reader, writer):
+        self.plan = plan
         self.process = process
         self.pid = process.pid
         self._reader = reader
@@ -113,22 +128,23 @@ class WorkerProcess:
 
     @property
     def label(self) -> str:
-        return f"{self.spec.id}/{self.spec.backend}/pid={self.pid}"
+        return f"{self.plan.model_id}/{self.plan.backend}/pid={self.pid}"
 
     def on_exit(self, callback: Callable[[WorkerProcess], None]) -> None:
         self._on_exit.append(callback)
 
     async def _handshake(self) -> None:
-        self._writer.write(json.dumps(self.spec.model_dump(mode="json")).encode() + b"\n")
+        handshake = {"plan_type": type_name(type(self.plan)), "plan": self.plan.to_json()}
+        self._writer.write(json.dumps(handshake).encode() + b"\n")
         await self._writer.drain()
         line = await self._reader.readline()
         if not line:
             code = await self.process.wait()
-            raise ModelLoadFailed(f"model {self.spec.id} failed to load: the worker exited with code {code}")
+            raise ModelLoadFailed(f"model {self.plan.model_id} failed to load: the worker exited with code {code}")
         message = json.loads(line)
         if message.get("op") == "load_error":
             await self.process.wait()
-            raise ModelLoadFailed(f"model {self.spec.id} failed to load: {message['message']}")
+            raise ModelLoadFailed(f"model {self.plan.model_id} failed to load: {message['message']}")
         self.reported_mb = float(message.get("memory_mb", 0.0))
         self._pump = asyncio.create_task(self._read_loop(), name=f"worker-{self.pid}")
 
@@ -156,7 +172,7 @@ class WorkerProcess:
             why = f"signal {-code}" if code < 0 else f"exit code {code}"
             log.error("worker %s died (%s)", self.label, why)
         error = WorkerCrashed(
-            f"the worker serving model {self.spec.id} stopped ({'unloaded' if self.stopping else 'crashed'}); "
+            f"the worker serving model {self.plan.model_id} stopped ({'unloaded' if self.stopping else 'crashed'}); "
             "retry to start a fresh one"
         )
         for call in list(self._calls.values()):
@@ -175,17 +191,18 @@ class WorkerProcess:
 
     async def _send(self, message: dict[str, Any]) -> None:
         if self.exited.is_set():
-            raise WorkerCrashed(f"the worker serving model {self.spec.id} is gone; retry to start a fresh one")
+            raise WorkerCrashed(f"the worker serving model {self.plan.model_id} is gone; retry to start a fresh one")
         try:
             self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
             await self._writer.drain()
         except ConnectionError:
-            raise WorkerCrashed(f"the worker serving model {self.spec.id} is gone") from None
+            raise WorkerCrashed(f"the worker serving model {self.plan.model_id} is gone") from None
 
-    async def call(self, method: str, params: dict[str, Any]) -> Call:
+    async def call(self, params: Params) -> Call:
+        """Start the adapter method these params are for; read its chunks from the Call."""
         call = Call(self, next(self._ids))
         self._calls[call.id] = call
-        await self._send({"op": "call", "id": call.id, "method": method, "params": params})
+        await self._send({"op": "call", "id": call.id, "method": method_of(params), "params": encode_params(params)})
         return call
 
     async def stats(self, timeout: float = 1.0) -> dict[str, Any]:
@@ -217,20 +234,20 @@ class WorkerFactory:
     def __init__(self, python: str = sys.executable):
         self.python = python
 
-    async def start(self, spec) -> WorkerProcess:
+    async def start(self, plan: LoadPlan) -> WorkerProcess:
         parent, child = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_PROJECT_ROOT),
                                                                           os.environ.get("PYTHONPATH")]))}
         env.setdefault("HF_HUB_OFFLINE", "1")  # runtime never reaches for the hub
         try:
             process = await asyncio.create_subprocess_exec(
-                self.python, "-m", "backends.worker", "--fd", str(child.fileno()),
+                self.python, "-m", "backends.worker_main", "--fd", str(child.fileno()),
                 pass_fds=(child.fileno(),), start_new_session=True, env=env, stdin=asyncio.subprocess.DEVNULL,
             )
         finally:
             child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=_STREAM_LIMIT)
-        worker = WorkerProcess(spec, process, reader, writer)
+        worker = WorkerProcess(plan, process, reader, writer)
         try:
             await worker._handshake()
         except BaseException:

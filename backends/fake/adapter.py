@@ -12,33 +12,37 @@ import time
 import zlib
 from typing import Any
 
-from backends.base import Cancel, ChatParams, Chunks, CompletionParams, InvalidInput, StopMatcher
+from backends.contract import Cancel, ChatParams, Chunks, CompletionParams, TextResult
+from backends.fake.plan import FakePlan
+from backends.text import StopMatcher, check_context
 
-WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "while", "small", "models", "answer", "local", "questions", "about", "memory", "budgets", "and", "careful", "arbiters", "keep", "every", "card", "cool", "enough"]
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "while", "small", "models", "answer",
+         "local", "questions", "about", "memory", "budgets", "and", "careful", "arbiters", "keep", "every", "card",
+         "cool", "enough"]
 
 
 class FakeAdapter:
-    def __init__(self, spec: dict[str, Any]):
-        self.options = spec.get("options", {})
-        self.model_id = spec["id"]
+    def __init__(self, plan: FakePlan):
+        self.plan = plan
+        self.context = plan.context_length
         self._tokens_generated = 0
         self._lock = threading.Lock()
         self._ballast = b""
-        if self.options.get("hang_load"):
+        if self.plan.hang_load:
             while True:
                 time.sleep(3600)
-        time.sleep(self.options.get("load_seconds", 0.0))
-        if self.options.get("fail_load"):
-            raise RuntimeError(self.options["fail_load"])
-        marker = self.options.get("fail_load_while_exists")
+        time.sleep(self.plan.load_seconds)
+        if self.plan.fail_load:
+            raise RuntimeError(self.plan.fail_load)
+        marker = self.plan.fail_load_while_exists
         if marker and os.path.exists(marker):
             raise RuntimeError(f"weights unreadable ({os.path.basename(marker)} present)")
-        if self.options.get("allocate"):
+        if self.plan.allocate:
             # Touch every page so the worker's resident memory is really this large.
-            self._ballast = bytes(bytearray(b"\x01") * (self.options["memory_mb"] * 1024 * 1024))
+            self._ballast = bytes(bytearray(b"\x01") * (self.plan.memory_mb * 1024 * 1024))
 
     def memory_mb(self) -> float:
-        return float(self.options.get("memory_mb", 256))
+        return float(self.plan.memory_mb)
 
     def stats(self) -> dict[str, Any]:
         return {"tokens_generated": self._tokens_generated}
@@ -56,16 +60,10 @@ class FakeAdapter:
         return (yield from self._generate(params.prompt, prompt_tokens, params.max_tokens, params.stop, cancel))
 
     def _generate(self, prompt: str, prompt_tokens: int, max_tokens: int | None, stop, cancel: Cancel) -> Chunks:
-        context = int(self.options.get("context_length", 4096))
-        if prompt_tokens >= context:
-            raise InvalidInput(
-                f"This model's maximum context length is {context} tokens; the prompt has {prompt_tokens}.",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        budget = min(max_tokens or context - prompt_tokens, context - prompt_tokens)
-        latency = float(self.options.get("token_latency_s", 0.0))
-        crash_after = self.options.get("crash_after_tokens")
+        check_context(prompt_tokens, self.context, "messages")
+        room = self.context - prompt_tokens
+        budget = min(max_tokens or room, room)
+        crash_after = self.plan.crash_after_tokens
         start = zlib.crc32(prompt.encode())
         matcher = StopMatcher(stop)
         produced = 0
@@ -76,10 +74,10 @@ class FakeAdapter:
                 break
             if crash_after is not None and produced >= crash_after:
                 os.abort()  # what a native engine failure looks like to the server
-            while self.options.get("hang_generation"):
+            while self.plan.hang_generation:
                 time.sleep(3600)
-            if latency:
-                time.sleep(latency)
+            if self.plan.token_latency_s:
+                time.sleep(self.plan.token_latency_s)
                 if cancel:
                     finish = "cancelled"
                     break
@@ -97,10 +95,9 @@ class FakeAdapter:
             tail = matcher.flush()
             if tail:
                 yield {"text": tail}
-        return {
-            "finish_reason": finish,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": produced},
-        }
+        result: TextResult = {"finish_reason": finish,
+                              "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": produced}}
+        return result
 
 
 def _text_of(content: Any) -> str:

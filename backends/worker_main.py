@@ -1,13 +1,15 @@
-"""The model worker process: one adapter, requests in, chunks and results out.
+"""The worker's end of the pipe: the main loop of a model worker process.
 
-Started by the server as `python -m backends.worker --fd N`. It speaks newline-delimited JSON over
-the inherited socket N. The first line it reads is the model spec; it loads the adapter, answers
-`ready` (with its own memory account) or `load_error`, then serves:
+Started by the server (server/worker_client.py) as `python -m backends.worker_main --fd N`. It speaks
+newline-delimited JSON over the inherited socket N (the shapes are in backends/contract.py). The
+first line it reads is the model's LoadPlan and the class to read it as (only that engine's spec
+module is imported: a worker starts in a few tens of milliseconds); it loads the plan's adapter, answers `ready` (with the
+adapter's own memory account) or `load_error`, then serves:
 
   in:  {"op": "call", "id": 7, "method": "chat", "params": {...}}
        {"op": "cancel", "id": 7}   {"op": "stats", "id": 8}   {"op": "stop"}
-  out: {"id": 7, "c": {...}}  one chunk      {"id": 7, "end": {...}}  the final result
-       {"id": 7, "err": {"kind": "invalid" | "backend", "message": ..., "param": ..., "code": ...}}
+  out: {"id": 7, "c": {...}}  one chunk      {"id": 7, "end": {...}}  the result
+       {"id": 7, "err": {"kind": "invalid" | "backend" | "contract", "message": ..., "param": ..., "code": ...}}
        {"id": 8, "stats": {...}}
 
 Each call runs in its own thread so cancels and stats are read while a model generates; an adapter
@@ -28,29 +30,10 @@ import socket
 import sys
 import threading
 import traceback
-from dataclasses import fields
 from typing import Any
 
-from backends.base import (
-    Cancel,
-    ChatParams,
-    CompletionParams,
-    EmbeddingParams,
-    ImageParams,
-    InvalidInput,
-    TranscriptionParams,
-)
-
-ADAPTERS = {
-    "fake": "backends.fake:FakeAdapter",
-    "hf": "backends.hf_text:HfTextAdapter",
-    "diffusers": "backends.diffusion:DiffusionAdapter",
-    "faster-whisper": "backends.whisper:WhisperAdapter",
-    "gguf": "backends.gguf:GgufAdapter",
-}
-
-PARAMS = {"chat": ChatParams, "complete": CompletionParams, "embed": EmbeddingParams,
-          "generate_image": ImageParams, "transcribe": TranscriptionParams}
+from backends.contract import Adapter, Cancel, ContractError, ErrorCode, InvalidInput, decode_params
+from backends.plan import LoadPlan
 
 log = logging.getLogger("modelyard.worker")
 
@@ -73,22 +56,20 @@ class Connection:
         return json.loads(line) if line else None
 
 
-def load_adapter(spec: dict[str, Any]):
-    module_name, _, class_name = ADAPTERS[spec["backend"]].partition(":")
-    return getattr(importlib.import_module(module_name), class_name)(spec)
+def load_adapter(handshake: dict[str, Any]) -> Adapter:
+    """The plan's engine, loaded exactly as planned."""
+    plan: LoadPlan = _named(handshake["plan_type"]).from_json(handshake["plan"])
+    return _named(plan.adapter)(plan)
 
 
-def build_params(method: str, params: dict[str, Any]):
-    kind = PARAMS.get(method)
-    if kind is None:
-        return params
-    known = {f.name for f in fields(kind)}
-    extra = {k: v for k, v in params.items() if k not in known}
-    return kind(**{k: v for k, v in params.items() if k in known}, extra=extra)
+def _named(path: str) -> Any:
+    """A class from its "package.module:Class" name."""
+    module_name, _, class_name = path.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 class Worker:
-    def __init__(self, conn: Connection, adapter):
+    def __init__(self, conn: Connection, adapter: Adapter):
         self.conn = conn
         self.adapter = adapter
         self.cancels: dict[int, Cancel] = {}
@@ -116,10 +97,12 @@ class Worker:
     def _run(self, message: dict[str, Any], cancel: Cancel) -> None:
         call_id, method = message["id"], message["method"]
         try:
+            params = decode_params(method, message.get("params", {}))
             handler = getattr(self.adapter, method, None)
             if handler is None:
-                raise InvalidInput(f"this model does not support {method!r}", code="unsupported")
-            chunks = handler(build_params(method, message.get("params", {})), cancel)
+                raise InvalidInput(f"this model does not support {method!r}", param="model",
+                                   code=ErrorCode.UNSUPPORTED_CAPABILITY)
+            chunks = handler(params, cancel)
             while True:
                 try:
                     chunk = next(chunks)
@@ -129,8 +112,12 @@ class Worker:
                 if not cancel:  # after a cancel nobody reads the chunks
                     self.conn.send({"id": call_id, "c": chunk})
         except InvalidInput as exc:
+            code = exc.code.value if exc.code else None
             self.conn.send({"id": call_id, "err": {"kind": "invalid", "message": exc.message,
-                                                   "param": exc.param, "code": exc.code}})
+                                                   "param": exc.param, "code": code}})
+        except ContractError as exc:
+            log.error("request %s broke the contract: %s", call_id, exc)
+            self.conn.send({"id": call_id, "err": {"kind": "contract", "message": str(exc)}})
         except Exception as exc:  # the engine failed this request; the worker lives on
             log.error("request %s failed: %s", call_id, traceback.format_exc())
             self.conn.send({"id": call_id, "err": {"kind": "backend", "message": f"{type(exc).__name__}: {exc}"}})
@@ -147,18 +134,18 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m backends.worker")
+    parser = argparse.ArgumentParser(prog="python -m backends.worker_main")
     parser.add_argument("--fd", type=int, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s")
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
     conn = Connection(args.fd)
-    spec = conn.receive()
-    if spec is None:
+    handshake = conn.receive()
+    if handshake is None:
         return
     try:
-        adapter = load_adapter(spec)
+        adapter = load_adapter(handshake)
     except Exception as exc:
         log.error("load failed: %s", traceback.format_exc())
         conn.send({"op": "load_error", "message": f"{type(exc).__name__}: {exc}"})

@@ -1,0 +1,339 @@
+"""The contract between the server and a worker: params in, chunks and a result out, error codes.
+
+Both ends import this module and nothing else of each other. Routes build the params dataclasses;
+the server's end of the pipe (server/worker_client.py) sends them as JSON; the worker's end
+(backends/worker_main.py) rebuilds them with `decode_params`, which refuses a key no dataclass
+field has. Chunks and results travel as JSON objects whose shapes are the TypedDicts below.
+
+Adapters are synchronous and run inside their own worker process. Each capability is a generator
+method: it yields chunks as they are produced and returns its result. Cancellation arrives as a
+`Cancel` flag the engine checks per token or per step. Adapters know nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal, NotRequired, Protocol, TypedDict
+
+
+class Cancel:
+    """Set by the worker when the client went away; engines poll it between tokens/steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def __bool__(self) -> bool:  # `if cancel:` reads naturally in engine loops
+        return self._event.is_set()
+
+
+class ErrorCode(StrEnum):
+    """Why an engine refused a request; the server maps each to its OpenAI error."""
+
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    UNSUPPORTED_CAPABILITY = "unsupported_model_capability"  # the model does not do this at all
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"  # the model cannot honour this parameter
+    CANCELLED = "cancelled"
+
+
+class InvalidInput(Exception):
+    """The request cannot be served by this model as asked (HTTP 400)."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: ErrorCode | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class ContractError(Exception):
+    """The server sent what the contract does not allow (a bug, never the client's fault)."""
+
+
+# ---- params ------------------------------------------------------------------------------------
+
+ResponseFormat = dict[str, Any]  # {"type": "json_object"} | {"type": "json_schema", "schema": {...}}
+
+
+@dataclass
+class SamplingParams:
+    """Shared by chat and completions."""
+
+    max_tokens: int | None = None  # None: up to the end of the context
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None  # same seed, same prompt, same params -> same output
+    stop: list[str] = field(default_factory=list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] = field(default_factory=dict)  # token id (as str) -> bias
+    # Constrained output: None or a ResponseFormat. Tool calls reach engines as a json_schema.
+    response_format: ResponseFormat | None = None
+
+
+@dataclass
+class ChatParams(SamplingParams):
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: bool = False
+    top_logprobs: int = 0  # 0..20 alternatives per token when logprobs is on
+    tools: list[dict[str, Any]] | None = None  # for chat templates that render tools
+
+
+@dataclass
+class CompletionParams(SamplingParams):
+    prompt: str = ""
+    suffix: str | None = None  # fill-in-the-middle; refused if the model has no FIM tokens
+    echo: bool = False  # yield the prompt first (with its logprobs when asked)
+    logprobs: int | None = None  # legacy: number of top alternatives per token (0..5)
+
+
+@dataclass
+class EmbeddingParams:
+    inputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ImageParams:
+    """One text-to-image call; the route has already checked every bound against the model's spec."""
+
+    prompt: str = ""
+    negative_prompt: str | None = None
+    n: int = 1
+    width: int = 512
+    height: int = 512
+    steps: int | None = None  # None: the model's default_steps
+    guidance_scale: float | None = None  # None: the model's default_guidance
+    seed: int | None = None  # image i uses seed + i, so each is reproducible on its own
+
+
+@dataclass
+class TranscriptionParams:
+    """One speech-to-text call on audio the server decoded to 16 kHz mono float32.
+
+    The samples sit in a raw little-endian float32 file the server wrote in its private temp dir
+    (JSON lines would carry 30 minutes of audio as ~150 MB of base64)."""
+
+    audio_path: str = ""
+    task: Literal["transcribe", "translate"] = "transcribe"
+    language: str | None = None  # None: detect
+    prompt: str | None = None  # Whisper's initial_prompt
+    temperature: float | None = None  # None or 0: the usual fallback ladder from 0
+    word_timestamps: bool = False
+
+
+Params = ChatParams | CompletionParams | EmbeddingParams | ImageParams | TranscriptionParams
+
+
+class Method(StrEnum):
+    """The adapter method a call runs; each takes exactly one params type."""
+
+    CHAT = "chat"
+    COMPLETE = "complete"
+    EMBED = "embed"
+    GENERATE_IMAGE = "generate_image"
+    TRANSCRIBE = "transcribe"
+
+
+PARAMS: dict[Method, type] = {Method.CHAT: ChatParams, Method.COMPLETE: CompletionParams,
+                              Method.EMBED: EmbeddingParams, Method.GENERATE_IMAGE: ImageParams,
+                              Method.TRANSCRIBE: TranscriptionParams}
+METHODS: dict[type, Method] = {kind: method for method, kind in PARAMS.items()}
+
+
+def method_of(params: Params) -> Method:
+    return METHODS[type(params)]
+
+
+def encode_params(params: Params) -> dict[str, Any]:
+    # Shallow: the values are JSON data already (dataclasses.asdict's deep copy cost ~20 us a call).
+    return dict(vars(params))
+
+
+def decode_params(method: str, raw: dict[str, Any]) -> Params:
+    """The params of a call, refusing a method or key the contract does not have."""
+    try:
+        kind = PARAMS[Method(method)]
+    except ValueError:
+        raise ContractError(f"unknown method {method!r}") from None
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ContractError(f"{kind.__name__} has no field {', '.join(map(repr, unknown))}")
+    return kind(**raw)
+
+
+# ---- chunks and results (JSON objects on the pipe) --------------------------------------------
+
+
+class TopLogprob(TypedDict):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TypedDict):
+    token: str
+    logprob: float | None  # None for an echoed prompt's first token: nothing predicted it
+    bytes: list[int]
+    text_offset: int
+    top_logprobs: list[TopLogprob]
+
+
+class TextChunk(TypedDict):
+    """chat/complete: text safe to send, and (when asked) the logprobs of the tokens in it."""
+
+    text: str
+    logprobs: NotRequired[list[TokenLogprob]]
+
+
+class TextUsage(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class TextResult(TypedDict):
+    finish_reason: FinishReason
+    usage: TextUsage
+
+
+class EmbeddingUsage(TypedDict):
+    prompt_tokens: int
+
+
+class EmbeddingResult(TypedDict):
+    """embed yields no chunks."""
+
+    embeddings: list[list[float]]
+    usage: EmbeddingUsage
+
+
+class ImageChunk(TypedDict):
+    """generate_image yields one per finished image."""
+
+    image: int  # its index
+    steps: int
+
+
+class ImageResult(TypedDict):
+    images: list[str]  # base64 PNG
+    steps: int
+    seed: int | None
+    finish_reason: Literal["stop", "cancelled"]
+    nsfw: list[bool] | None
+
+
+class Word(TypedDict):
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+class Segment(TypedDict):
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    words: NotRequired[list[Word]]
+
+
+class TranscriptionResult(TypedDict):
+    """transcribe yields no chunks."""
+
+    text: str
+    language: str
+    language_probability: float
+    duration: float
+    segments: list[Segment]
+    words: list[Word] | None
+    finish_reason: Literal["stop", "cancelled"]
+
+
+Chunk = TextChunk | ImageChunk
+Result = TextResult | EmbeddingResult | ImageResult | TranscriptionResult
+Chunks = Generator[Any, None, Any]  # yields a Chunk, returns a Result
+
+
+# ---- the pipe's messages (one JSON object per line) ------------------------------------------
+# server -> worker: first a Handshake, then CallMessage | ControlMessage.
+# worker -> server: first ReadyMessage | LoadErrorMessage, then replies tagged with the call's id.
+
+
+class Handshake(TypedDict):
+    plan_type: str  # "backends.gguf.spec:GgufPlan": the class the plan is read as
+    plan: dict[str, Any]  # LoadPlan.to_json()
+
+
+class CallMessage(TypedDict):
+    op: Literal["call"]
+    id: int
+    method: str
+    params: dict[str, Any]
+
+
+class ControlMessage(TypedDict):
+    op: Literal["cancel", "stats", "stop"]
+    id: NotRequired[int]
+
+
+class ReadyMessage(TypedDict):
+    op: Literal["ready"]
+    memory_mb: float  # the adapter's own account of its footprint
+    pid: int
+
+
+class LoadErrorMessage(TypedDict):
+    op: Literal["load_error"]
+    message: str
+
+
+class ErrorReply(TypedDict):
+    kind: Literal["invalid", "backend", "contract"]
+    message: str
+    param: NotRequired[str | None]
+    code: NotRequired[str | None]
+
+
+class Reply(TypedDict):
+    """Exactly one of c (a chunk), end (the result), err, stats."""
+
+    id: int
+    c: NotRequired[dict[str, Any]]
+    end: NotRequired[dict[str, Any]]
+    err: NotRequired[ErrorReply]
+    stats: NotRequired[dict[str, Any]]
+
+
+# ---- adapters ----------------------------------------------------------------------------------
+
+
+class Adapter(Protocol):
+    """What every engine adapter offers, whatever it serves; capabilities are methods named by
+    `Method`, each `(params, cancel) -> Chunks`. A prompt longer than the context raises
+    InvalidInput(code=CONTEXT_LENGTH_EXCEEDED) before generating anything."""
+
+    def memory_mb(self) -> float:
+        """The adapter's own account of its footprint (weights, caches, runtime)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for observability and tests; text engines include tokens_generated."""
+
+    def close(self) -> None: ...

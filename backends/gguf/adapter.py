@@ -1,0 +1,240 @@
+"""GGUF models through llama-cpp-python: chat, completions (with fill-in-the-middle) and embeddings.
+
+We drive llama.cpp's decode and sampler chain ourselves rather than calling create_completion, so
+that the Cancel flag is checked between tokens, several requests decode in one batch
+(scheduler.py owns the context on one thread), logprobs come from the raw logits, and chat
+templates render in jinja2's sandbox (llama-cpp-python's own template path was CVE-2024-34359).
+Embedding models use llama-cpp-python's embed() under a lock.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+from backends import text
+from backends.contract import (
+    Cancel,
+    ChatParams,
+    Chunks,
+    CompletionParams,
+    EmbeddingParams,
+    InvalidInput,
+    SamplingParams,
+)
+from backends.gguf.file import GgufFile
+from backends.gguf.plan import GgufPlan
+from backends.gguf.scheduler import Scheduler, Sequence
+from backends.gguf.stream import TokenStream, Vocab
+from backends.plan import MIB
+
+_RANDOM_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
+_PENALTY_WINDOW = 64
+
+
+class GgufAdapter:
+    def __init__(self, plan: GgufPlan):
+        import llama_cpp
+
+        self._lc = llama_cpp
+        self.plan = plan
+        self.model_id = plan.model_id
+        self.file = GgufFile.read(plan.path)  # clear errors for empty/truncated files
+        self.n_ctx = plan.context_length
+        kwargs: dict[str, Any] = dict(n_ctx=self.n_ctx, n_gpu_layers=plan.n_gpu_layers, verbose=False,
+                                      embedding=plan.embedding, n_threads=plan.n_threads,
+                                      n_threads_batch=plan.n_threads_batch)
+        if plan.embedding:
+            # A pooled embedding needs the whole input in one micro-batch.
+            kwargs.update(n_batch=self.n_ctx, n_ubatch=self.n_ctx)
+            if f"{self.file.architecture}.pooling_type" not in self.file.metadata:
+                kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        else:
+            # The loader's own context is a stub: generation runs on a context made for batching.
+            kwargs.update(n_ctx=32, n_batch=32, n_ubatch=32)
+        try:
+            self.llama = llama_cpp.Llama(str(plan.path), **kwargs)
+        except ValueError as exc:
+            raise RuntimeError(f"llama.cpp could not load {plan.path.name}: {exc}") from None
+        self._counters = {"tokens_generated": 0, "peak_sequences": 0}
+        self.scheduler = None if plan.embedding else self._batching_scheduler(plan.n_parallel)
+        self.vocab = Vocab(llama_cpp, self.llama, spm=self.file.metadata.get("tokenizer.ggml.model") == "llama")
+        self._template_source = plan.chat_template or self.file.chat_template
+        self._template: text.ChatTemplate | None = None
+        self._lock = threading.Lock()
+        self._prompt_tokens = 0
+        self._requests = 0
+
+    # ---- the Adapter protocol ------------------------------------------------------------------
+
+    def memory_mb(self) -> float:
+        weights = self._lc.llama_model_size(self.llama._model.model)
+        logits = self.vocab.n_vocab * 4 * min(self.n_ctx, 512)  # output buffer for a full micro-batch
+        return (weights + logits) / MIB + self.plan.estimate().kv_cache_mb + 16.0
+
+    def stats(self) -> dict[str, Any]:
+        return {**self._counters, "prompt_tokens": self._prompt_tokens,
+                "requests": self._requests, "n_ctx": self.n_ctx}
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
+            self.ctx.close()
+        self.llama.close()
+
+    def _batching_scheduler(self, n_parallel: int) -> Scheduler:
+        from llama_cpp import _internals
+
+        params = type(self.llama.context_params).from_buffer_copy(self.llama.context_params)
+        params.n_ctx = self.n_ctx
+        params.n_batch = params.n_ubatch = min(self.n_ctx, 512)
+        params.n_seq_max = n_parallel
+        params.kv_unified = True  # one pool of n_ctx cells: the memory estimate holds for any n_parallel
+        self.llama._ctx.close()
+        try:
+            self.ctx = _internals.LlamaContext(model=self.llama._model, params=params, verbose=False)
+        except ValueError as exc:
+            raise RuntimeError(f"llama.cpp could not create a {self.n_ctx}-token context: {exc}") from None
+        return Scheduler(self._lc, self.ctx, self.n_ctx, n_parallel, params.n_batch, self.llama.n_vocab(),
+                         self._counters)
+
+    # ---- capabilities --------------------------------------------------------------------------
+
+    def chat(self, params: ChatParams, cancel: Cancel) -> Chunks:
+        self._text_model()
+        prompt = self._chat_template().render(params.messages, params.tools, bos_token=self.vocab.text(self.vocab.bos),
+                                              eos_token=self.vocab.text(self.vocab.eos))
+        add_bos = self.vocab.adds_bos and not prompt.startswith(self.vocab.text(self.vocab.bos))
+        tokens = self.llama.tokenize(prompt.encode(), add_bos=add_bos, special=True)
+        top = params.top_logprobs if params.logprobs else None
+        return (yield from self._generate(tokens, params, cancel, top=top, param="messages"))
+
+    def complete(self, params: CompletionParams, cancel: Cancel) -> Chunks:
+        self._text_model()
+        if params.suffix is not None:
+            tokens = self._fim_tokens(params.prompt, params.suffix)
+        else:
+            tokens = self.llama.tokenize(params.prompt.encode(), add_bos=self.vocab.adds_bos, special=True)
+        echo = params.prompt if params.echo else None
+        return (yield from self._generate(tokens, params, cancel, top=params.logprobs, param="prompt", echo=echo))
+
+    def embed(self, params: EmbeddingParams, cancel: Cancel) -> Chunks:
+        if not self.plan.embedding:
+            raise text.unsupported(self.model_id, "is not declared as an embedding model (options.embedding: true)")
+        yield from ()
+        with self._lock:
+            counts = []
+            for i, item in enumerate(params.inputs):
+                n = len(self.llama.tokenize(item.encode(), add_bos=self.vocab.adds_bos, special=True))
+                text.check_context(n, self.n_ctx, "input", what=f"input {i}", room=0)
+                counts.append(n)
+            vectors = self.llama.embed(list(params.inputs), normalize=True, truncate=False) if params.inputs else []
+            self._prompt_tokens += sum(counts)
+            self._requests += 1
+        return {"embeddings": vectors, "usage": {"prompt_tokens": sum(counts)}}
+
+    # ---- prompts -------------------------------------------------------------------------------
+
+    def _text_model(self) -> None:
+        if self.plan.embedding:
+            raise text.unsupported(self.model_id, "is an embedding model")
+
+    def _chat_template(self) -> text.ChatTemplate:
+        if self._template is None:
+            if not self._template_source:
+                raise InvalidInput(f"model {self.model_id} has no chat template in its GGUF metadata; set "
+                                   "options.chat_template or use /v1/completions", param="messages")
+            self._template = text.ChatTemplate(self._template_source)
+        return self._template
+
+    def _fim_tokens(self, prefix: str, suffix: str) -> list[int]:
+        # Only the metadata counts: llama.cpp also guesses FIM tokens from token names, which a
+        # model not trained for infill may merely contain.
+        fim = self.file.fim_tokens()
+        if fim is None:
+            raise text.no_fill_in_the_middle(self.model_id)
+        pre, suf, mid = fim
+        head = [self.vocab.bos] if self.vocab.adds_bos else []
+        prefix_tokens = self.llama.tokenize(prefix.encode(), add_bos=False, special=True)
+        suffix_tokens = self.llama.tokenize(suffix.encode(), add_bos=False, special=True)
+        return [*head, pre, *prefix_tokens, suf, *suffix_tokens, mid]
+
+    # ---- decoding ------------------------------------------------------------------------------
+
+    def _generate(self, tokens: list[int], params: SamplingParams, cancel: Cancel, *, top: int | None,
+                  param: str, echo: str | None = None) -> Chunks:
+        text.check_context(len(tokens), self.n_ctx, param)
+        bias = text.logit_bias(params.logit_bias, self.vocab.n_vocab)
+        grammar = self._grammar(params.response_format)
+        budget = self.n_ctx - len(tokens)
+        if params.max_tokens is not None:
+            budget = min(budget, params.max_tokens)
+        self._requests += 1
+        self._prompt_tokens += len(tokens)
+        stream = TokenStream(self.vocab, tokens, params.stop, top, echo)
+        sampler = self._sampler(params, bias, grammar)
+        seq = Sequence(tokens, sampler, budget, stream, cancel, prompt_logits=echo is not None and top is not None)
+        ended = False
+        try:
+            if echo is not None and top is None:
+                yield {"text": echo}
+            self.scheduler.submit(seq)
+            while True:
+                kind, payload = seq.events.get()
+                if kind == "chunk":
+                    yield payload
+                elif kind == "end":
+                    ended = True
+                    return payload
+                else:
+                    ended = True
+                    raise payload
+        finally:
+            if not ended:  # abandoned: stop the sequence before its sampler goes
+                cancel.set()
+                try:
+                    while seq.events.get(timeout=5)[0] == "chunk":
+                        pass
+                except queue.Empty:
+                    return  # the scheduler is gone (shutdown); leave the sampler to the process exit
+            sampler.close()
+
+    def _sampler(self, params: SamplingParams, bias: dict[int, float], grammar):
+        from llama_cpp import _internals
+
+        sampler = _internals.LlamaSampler()
+        if bias:
+            sampler.add_logit_bias(self.vocab.n_vocab, bias)
+        if params.presence_penalty or params.frequency_penalty:
+            sampler.add_penalties(self.vocab.n_vocab, _PENALTY_WINDOW, 1.0, params.frequency_penalty,
+                                  params.presence_penalty)
+        if grammar is not None:
+            sampler.add_grammar(self.llama._model, grammar)
+        if params.temperature == 0:
+            sampler.add_greedy()
+        else:
+            if params.top_p < 1.0:
+                sampler.add_top_p(params.top_p, 1)
+            sampler.add_temp(params.temperature)
+            seed = _RANDOM_SEED if params.seed is None else params.seed % _RANDOM_SEED
+            sampler.add_dist(seed)
+        return sampler
+
+    def _grammar(self, response_format: dict[str, Any] | None):
+        schema = text.json_schema(response_format)
+        if schema is None:
+            return None
+        from llama_cpp import LlamaGrammar
+
+        from backends.gguf.grammar import json_schema_to_gbnf
+
+        try:
+            gbnf = json_schema_to_gbnf(schema)
+            # llama-cpp-python's converter lets raw control characters into strings, which strict
+            # JSON parsers (Python's json, JavaScript) reject; llama.cpp's own converter excludes them.
+            gbnf = gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
+            return LlamaGrammar.from_string(gbnf, verbose=False)
+        except Exception as exc:
+            raise InvalidInput(f"the JSON schema cannot be turned into a grammar: {exc}",
+                               param="response_format") from None

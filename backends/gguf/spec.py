@@ -1,0 +1,67 @@
+"""A GGUF model's models.yaml entry and how it resolves to a load plan (no llama_cpp import)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backends.capability import Capability
+from backends.gguf.file import GgufFile, GgufFileError
+from backends.gguf.plan import GgufPlan
+from backends.plan import Device
+from backends.spec import BaseSpec
+
+DEFAULT_CONTEXT = 4096  # long-context files would otherwise reserve GiBs of cache no local request uses
+
+
+class GgufOptions(BaseModel):
+    """llama-cpp-python settings for one GGUF file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_ctx: int | None = Field(None, ge=16, le=1_048_576, description="Context window; default min(trained, 4096).")
+    n_gpu_layers: int | None = Field(None, ge=-1, description="Layers on the GPU; default all when one is visible.")
+    n_threads: int | None = Field(None, ge=1, le=512, description="Also used for prompts and batched steps.")
+    n_parallel: int = Field(4, ge=1, le=64, description="Requests decoded together in one batch (shared KV pool).")
+    chat_template: str | None = Field(None, max_length=200_000, description="Overrides the GGUF's template.")
+    embedding: bool = Field(False, description="Serve /v1/embeddings (pooled) instead of text generation.")
+
+
+class GgufSpec(BaseSpec):
+    backend: Literal["gguf"]
+    path: Path
+    options: GgufOptions = GgufOptions()
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        if self.options.embedding:
+            return frozenset({Capability.EMBEDDING})
+        return frozenset({Capability.CHAT, Capability.COMPLETION})
+
+    def files(self) -> tuple[Path, ...]:
+        return (self.path,)
+
+    def resolve(self, device: Device) -> GgufPlan:
+        try:
+            info: GgufFile | None = GgufFile.read(self.path)
+        except GgufFileError:
+            info = None  # the load reports the problem; the estimate falls back to the file size
+        trained = info.context_length if info else DEFAULT_CONTEXT
+        n_ctx = self.options.n_ctx or self.context_length or min(trained, DEFAULT_CONTEXT)
+        layers = self.options.n_gpu_layers
+        if layers is None:
+            layers = -1 if device.kind == "cuda" else 0
+        cores = os.cpu_count() or 1
+        size = info.size_bytes if info else (self.path.stat().st_size if self.path.exists() else 0)
+        return GgufPlan(
+            **self.base_plan(device, context_length=n_ctx, on="cuda" if device.kind == "cuda" and layers else "cpu"),
+            path=self.path, n_gpu_layers=layers,
+            # Unset, llama-cpp-python's defaults: half the cores per token, every core per batch. Set,
+            # batches follow it (all cores stalled batched steps 100x on a busy machine).
+            n_threads=self.options.n_threads or max(cores // 2, 1), n_threads_batch=self.options.n_threads or cores,
+            n_parallel=self.options.n_parallel, chat_template=self.options.chat_template,
+            embedding=self.options.embedding, file_bytes=size,
+            kv_bytes_per_token=info.kv_cache_bytes(1) if info else 0)

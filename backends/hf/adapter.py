@@ -1,0 +1,333 @@
+"""Hugging Face transformers text adapter: causal LMs in fp16/bf16/fp32, bitsandbytes 4/8-bit, GPTQ.
+
+Runs in a worker process; torch and transformers are imported when a model loads. Loading is
+local-only, safetensors-only and never runs code from the model directory. Generation is our own
+token-by-token decode loop over the model's KV cache rather than `generate()`: every step we apply
+logit bias, penalties and the JSON grammar mask, sample with the request's own torch.Generator
+(same seed, same output), read logprobs, poll the Cancel flag (a disconnect stops the compute at
+the next token) and stream the decoded text through the stop-string matcher. Device, dtype,
+quantization and context come decided in the plan (spec.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from backends import text
+from backends.contract import (
+    Cancel,
+    ChatParams,
+    Chunks,
+    CompletionParams,
+    EmbeddingParams,
+    ErrorCode,
+    InvalidInput,
+    TextChunk,
+    TokenLogprob,
+)
+from backends.hf.guidance import Guidance
+from backends.hf.plan import HfPlan
+from backends.hf.tokens import Detokenizer, fim_tokens, token_bytes
+from backends.plan import MIB
+
+
+class HfTextAdapter:
+    def __init__(self, plan: HfPlan):
+        # gptqmodel sizes its CPU thread pools from the core count and fails on 2 cores without this.
+        os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import torch
+        import transformers
+
+        self._torch = torch
+        self.plan = plan
+        self.model_id = plan.model_id
+        if plan.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device: cuda was planned but torch sees no CUDA device")
+        if not (plan.path / "config.json").is_file():
+            raise FileNotFoundError(f"{plan.path} is not a Hugging Face model directory (no config.json)")
+        if not list(plan.path.glob("*.safetensors")):
+            raise FileNotFoundError(f"{plan.path} has no .safetensors weights (pickle checkpoints are refused)")
+        local = {"local_files_only": True, "trust_remote_code": False}
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(plan.path, **local)
+        kwargs: dict[str, Any] = {**local, "use_safetensors": True, "dtype": getattr(torch, plan.dtype),
+                                  "device_map": plan.device}
+        if plan.quantization in ("4bit", "8bit"):
+            kwargs["quantization_config"] = self._bnb_config(transformers)
+        auto = transformers.AutoModelForCausalLM if plan.causal else transformers.AutoModel
+        self.model = auto.from_pretrained(plan.path, **kwargs).eval()
+        self.vocab = len(self.tokenizer)
+        self.context = plan.context_length
+        self.eos_ids = self._eos_ids()
+        self.template = text.ChatTemplate(plan.chat_template or self.tokenizer.chat_template)
+        self.fim = fim_tokens(self.tokenizer)
+        self.guidance = Guidance(self.tokenizer, self.vocab, self.eos_ids)
+        accepted = inspect.signature(self.model.forward).parameters
+        self._keep_arg = "logits_to_keep" in accepted
+        # transformers 5.2x renamed past_key_values to cache (the old name warns)
+        self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
+        self._lock = threading.Lock()  # one request at a time: the model and its cache are not shared
+        self._tokens_generated = 0
+        self._requests = 0
+
+    # ---- loading ----------------------------------------------------------------------------
+
+    def _bnb_config(self, transformers):
+        if self.plan.quantization == "8bit":
+            return transformers.BitsAndBytesConfig(load_in_8bit=True)
+        return transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=self.plan.bnb_4bit_quant_type,
+            bnb_4bit_compute_dtype=getattr(self._torch, self.plan.bnb_4bit_compute_dtype),
+            bnb_4bit_use_double_quant=self.plan.double_quant)
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        generation = getattr(self.model, "generation_config", None)
+        for value in (self.tokenizer.eos_token_id, getattr(generation, "eos_token_id", None)):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list):
+                ids.update(v for v in value if isinstance(v, int))
+        return ids
+
+    # ---- the adapter protocol ---------------------------------------------------------------
+
+    def memory_mb(self) -> float:
+        own = self.model.get_memory_footprint() + self.plan.estimate().kv_cache_mb * MIB
+        if self.plan.device == "cuda":  # what torch really holds, when NVML cannot see this process
+            own = max(own, self._torch.cuda.memory_reserved())
+        return own / MIB
+
+    def stats(self) -> dict[str, Any]:
+        return {"tokens_generated": self._tokens_generated, "requests": self._requests,
+                "weights_bytes": self.model.get_memory_footprint(), "dtype": self.plan.dtype,
+                "quantization": self.plan.quantization, "device": self.plan.device, "context_length": self.context}
+
+    def close(self) -> None:
+        self.model = None
+        if self.plan.device == "cuda":
+            self._torch.cuda.empty_cache()
+
+    def chat(self, params: ChatParams, cancel: Cancel) -> Chunks:
+        self._need_causal()
+        prompt = self.render(params.messages, params.tools)
+        ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+        top = params.top_logprobs if params.logprobs else None
+        return (yield from self._generate(ids, params, cancel, top, "messages"))
+
+    def complete(self, params: CompletionParams, cancel: Cancel) -> Chunks:
+        self._need_causal()
+        prompt = params.prompt
+        if params.suffix is not None:
+            if self.fim is None:
+                raise text.no_fill_in_the_middle(self.model_id)
+            prefix_tok, suffix_tok, middle_tok = self.fim
+            prompt = f"{prefix_tok}{prompt}{suffix_tok}{params.suffix}{middle_tok}"
+        ids = self.tokenizer(prompt).input_ids
+        echo = params.echo and params.suffix is None
+        return (yield from self._generate(ids, params, cancel, params.logprobs, "prompt", echo=echo))
+
+    def embed(self, params: EmbeddingParams, cancel: Cancel) -> Chunks:
+        torch = self._torch
+        if not self.plan.embedding:
+            raise text.unsupported(self.model_id, "does not serve embeddings (set `embedding: true` in models.yaml)")
+        if not params.inputs:
+            raise InvalidInput("input must not be empty", param="input")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # Right padding keeps each text's positions as they would be alone (a causal LM numbers
+        # positions from the left edge); the attention mask then hides the padding from the mean.
+        self.tokenizer.padding_side = "right"
+        vectors: list[list[float]] = []
+        total = 0
+        with self._acquire(cancel):
+            for start in range(0, len(params.inputs), 16):
+                if cancel:
+                    break
+                batch = self.tokenizer(params.inputs[start:start + 16], padding=True, return_tensors="pt")
+                lengths = batch["attention_mask"].sum(dim=1)
+                text.check_context(int(lengths.max()), self.context, "input", what="an input", room=0)
+                total += int(lengths.sum())
+                batch = {k: v.to(self.model.device) for k, v in batch.items()}
+                extra = {"logits_to_keep": 1} if self._keep_arg else {}
+                with torch.inference_mode():
+                    out = self.model(**batch, output_hidden_states=True, **extra)
+                hidden = out.hidden_states[-1] if getattr(out, "hidden_states", None) else out.last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
+                pooled = (hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                vectors.extend(pooled.cpu().tolist())
+        self._requests += 1
+        return {"embeddings": vectors, "usage": {"prompt_tokens": total}}
+        yield  # a generator like every capability method, though it yields nothing
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _need_causal(self) -> None:
+        if not self.plan.causal:
+            raise text.unsupported(self.model_id, "is an encoder; it serves embeddings only")
+
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        special = {name: getattr(self.tokenizer, name, None) or "" for name in
+                   ("bos_token", "eos_token", "unk_token", "pad_token")}
+        return self.template.render(messages, tools, **special)
+
+    @contextlib.contextmanager
+    def _acquire(self, cancel: Cancel) -> Iterator[None]:
+        """Hold the model for one request, giving up if the client leaves while waiting."""
+        while not self._lock.acquire(timeout=0.05):
+            if cancel:
+                raise InvalidInput("request cancelled while waiting for the model", code=ErrorCode.CANCELLED)
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _generate(self, ids: list[int], params, cancel: Cancel, top: int | None, param: str,
+                  echo: bool = False) -> Chunks:
+        torch = self._torch
+        text.check_context(len(ids), self.context, param)
+        bias = self._bias(params.logit_bias)
+        schema = text.json_schema(params.response_format)
+        matcher = self.guidance.matcher(schema) if schema is not None else None
+        budget = self.context - len(ids)
+        if params.max_tokens is not None:
+            budget = min(budget, params.max_tokens)
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        generator = torch.Generator(device=self.model.device).manual_seed(seed % (2**63))
+        stops = text.StopMatcher(params.stop)
+        detok = Detokenizer(self.tokenizer)
+        pending: list[TokenLogprob] = []
+        produced, finish, offset, hit = 0, "length", 0, False
+        with self._acquire(cancel):
+            self._requests += 1
+            if echo:
+                prompt_text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                offset = len(prompt_text)
+                chunk: TextChunk = {"text": prompt_text}
+                if top is not None:
+                    chunk["logprobs"] = self._prompt_logprobs(ids, top)
+                yield chunk
+            counts = torch.zeros(self.vocab_rows(), dtype=torch.float32, device=self.model.device)
+            past = None
+            step_input = torch.tensor([ids], device=self.model.device)
+            while produced < budget:
+                if cancel:
+                    finish = "cancelled"
+                    break
+                logits, past = self._forward(step_input, past)
+                raw = logits
+                logits = logits.clone()
+                logits[self.vocab:] = -math.inf  # padded rows of the embedding are not tokens
+                if bias is not None:
+                    logits += bias
+                if params.presence_penalty or params.frequency_penalty:
+                    logits -= params.presence_penalty * (counts > 0) + params.frequency_penalty * counts
+                if matcher is not None:
+                    self.guidance.mask(matcher, logits)
+                token = self._sample(logits, params.temperature, params.top_p, generator)
+                produced += 1
+                self._tokens_generated += 1
+                counts[token] += 1
+                if matcher is not None:
+                    matcher.consume_token(token)
+                if token in self.eos_ids:
+                    finish = "stop"
+                    break
+                if top is not None:
+                    pending.append(self._token_logprob(raw, token, top, offset))
+                piece = detok.push(token)
+                offset += len(piece)
+                safe, hit = stops.feed(piece)
+                if safe or (hit and pending):
+                    yield self._chunk(safe, pending, top)
+                    pending = []
+                if hit or (matcher is not None and matcher.is_stopped()):
+                    finish = "stop"
+                    break
+                step_input = torch.tensor([[token]], device=self.model.device)
+            if not hit:
+                # Ended by length, end-of-sequence or the grammar: text held back for a stop string
+                # that never came (and a last partial character) is output too.
+                tail = stops.flush() + (detok.flush() if finish != "cancelled" else "")
+                if tail or pending:
+                    yield self._chunk(tail, pending, top)
+            elif pending:
+                yield self._chunk("", pending, top)
+        return {"finish_reason": finish, "usage": {"prompt_tokens": len(ids), "completion_tokens": produced}}
+
+    def vocab_rows(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def _forward(self, step_input, past):
+        extra = {"logits_to_keep": 1} if self._keep_arg else {}
+        with self._torch.inference_mode():
+            out = self.model(input_ids=step_input, use_cache=True, **{self._cache_arg: past}, **extra)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        return out.logits[0, -1].float(), cache
+
+    def _sample(self, logits, temperature: float, top_p: float, generator) -> int:
+        torch = self._torch
+        if temperature <= 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits / temperature, dim=-1)
+        if top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p  # always keeps the first
+            filtered = torch.zeros_like(probs)
+            filtered[order[keep]] = sorted_probs[keep]
+            probs = filtered
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    def _bias(self, logit_bias: dict[str, float]):
+        checked = text.logit_bias(logit_bias, self.vocab)
+        if not checked:
+            return None
+        bias = self._torch.zeros(self.vocab_rows(), dtype=self._torch.float32, device=self.model.device)
+        for token, value in checked.items():
+            bias[token] = value
+        return bias
+
+    # ---- logprobs -----------------------------------------------------------------------------
+
+    def _token_logprob(self, logits, token: int, top: int, offset: int) -> TokenLogprob:
+        torch = self._torch
+        logprobs = torch.log_softmax(logits[: self.vocab], dim=-1)
+        entry: TokenLogprob = {**self._token_entry(token, float(logprobs[token])),  # type: ignore[typeddict-item]
+                               "text_offset": offset, "top_logprobs": []}
+        if top:
+            values, indices = torch.topk(logprobs, min(top, self.vocab))
+            entry["top_logprobs"] = [self._token_entry(int(i), float(v)) for v, i in zip(values, indices, strict=True)]
+        return entry
+
+    def _token_entry(self, token: int, logprob: float) -> dict[str, Any]:
+        raw = token_bytes(self.tokenizer, token)
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+    def _prompt_logprobs(self, ids: list[int], top: int) -> list[TokenLogprob]:
+        """Echoed prompt tokens with their logprobs; the first has none (as OpenAI's API gives it)."""
+        torch = self._torch
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids], device=self.model.device)).logits[0].float()
+        entries, offset = [], 0
+        for position, token in enumerate(ids):
+            if position == 0:
+                entry = {**self._token_entry(token, 0.0), "logprob": None, "text_offset": offset, "top_logprobs": []}
+            else:
+                entry = self._token_logprob(logits[position - 1], token, top, offset)
+            offset += len(self.tokenizer.decode([token], skip_special_tokens=True))
+            entries.append(entry)
+        return entries
+
+    @staticmethod
+    def _chunk(piece: str, pending: list[TokenLogprob], top: int | None) -> TextChunk:
+        chunk: TextChunk = {"text": piece}
+        if top is not None:
+            chunk["logprobs"] = list(pending)
+        return chunk

@@ -1,0 +1,64 @@
+"""A Hugging Face text model's load plan and memory estimate (no pydantic: the worker imports it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from backends.plan import MIB, LoadPlan, MemoryEstimate
+
+SLACK_MB = 64  # allocator slack, tokenizer, Python objects
+DType = Literal["float16", "bfloat16", "float32"]
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes config.json gives, as the estimate needs them."""
+
+    layers: int = 0
+    kv_heads: int = 1
+    head_dim: int = 0
+    hidden: int = 0
+    intermediate: int = 0
+    vocab: int = 0
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> Shape:
+        text = config.get("text_config") or config
+        heads = int(text.get("num_attention_heads") or text.get("n_head") or 1)
+        hidden = int(text.get("hidden_size") or text.get("n_embd") or 0)
+        return cls(layers=int(text.get("num_hidden_layers") or text.get("n_layer") or 0),
+                   kv_heads=int(text.get("num_key_value_heads") or heads),
+                   head_dim=int(text.get("head_dim") or hidden // heads), hidden=hidden,
+                   intermediate=int(text.get("intermediate_size") or 4 * hidden),
+                   vocab=int(text.get("vocab_size") or 0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class HfPlan(LoadPlan):
+    adapter: ClassVar[str] = "backends.hf.adapter:HfTextAdapter"
+
+    path: Path
+    context_length: int
+    dtype: DType  # unquantized weights and activations
+    quantization: Literal["none", "4bit", "8bit", "gptq"]
+    bnb_4bit_quant_type: Literal["nf4", "fp4"]
+    bnb_4bit_compute_dtype: DType
+    double_quant: bool
+    chat_template: str | None  # models.yaml's override; None: the tokenizer's own
+    causal: bool  # a causal LM generates text; anything else only embeds
+    embedding: bool  # serves pooled embeddings
+    weights_bytes: float  # as they will sit in memory, from the safetensors headers
+    shape: Shape
+
+    def estimate(self) -> MemoryEstimate:
+        element = DTYPE_BYTES[self.dtype]
+        s = self.shape
+        # A full-context KV cache for one sequence (requests are served one at a time).
+        kv = 2.0 * s.layers * s.kv_heads * s.head_dim * self.context_length * element if self.causal else 0.0
+        # One full-context prefill's hidden states plus a few float32 rows of logits.
+        activations = self.context_length * (4 * s.hidden + 2 * s.intermediate) * element + s.vocab * 4 * 4
+        return MemoryEstimate(weights_mb=self.weights_bytes / MIB, kv_cache_mb=kv / MIB,
+                              activations_mb=activations / MIB, buffers_mb=SLACK_MB, runtime_mb=self.runtime_mb)

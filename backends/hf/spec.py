@@ -1,0 +1,110 @@
+"""A Hugging Face text model's models.yaml entry and how it resolves to a load plan (no torch import)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backends import safetensors
+from backends.capability import Capability
+from backends.hf.plan import DTYPE_BYTES, HfPlan, Shape
+from backends.plan import Device
+from backends.spec import BaseSpec, pick_device
+
+DEFAULT_CONTEXT = 8192  # long-context models would otherwise reserve GiBs of cache no local request uses
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+class HfOptions(BaseModel):
+    """A Hugging Face transformers directory (safetensors only, never remote code)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="auto: the checkpoint's dtype on a GPU, float32 on a CPU.")
+    quantization: Literal["none", "4bit", "8bit", "gptq"] = Field(
+        "none", description="bitsandbytes 4/8-bit at load; gptq is also detected from config.json.")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_compute_dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    double_quant: bool = Field(False, description="bitsandbytes nested quantization of the 4-bit scales.")
+    chat_template: str | None = Field(None, max_length=100_000, description="Overrides the tokenizer's template.")
+    embedding: bool = Field(False, description="Also serve pooled embeddings (mean over the last hidden state).")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class HfSpec(BaseSpec):
+    backend: Literal["hf"]
+    path: Path
+    options: HfOptions = HfOptions()
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """Chat and completion for a causal LM (plus embeddings when asked); an encoder embeds only."""
+        if not _is_causal(self._config()):
+            return frozenset({Capability.EMBEDDING})
+        extra = {Capability.EMBEDDING} if self.options.embedding else set()
+        return frozenset({Capability.CHAT, Capability.COMPLETION, *extra})
+
+    def files(self) -> tuple[Path, ...]:
+        return (self.path,)
+
+    def _config(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / "config.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def resolve(self, device: Device) -> HfPlan:
+        config = self._config()
+        on = pick_device(self.options.device, device)
+        method = (config.get("quantization_config") or {}).get("quant_method")
+        quantization = "gptq" if method == "gptq" else self.options.quantization
+        dtype = self.options.dtype
+        if dtype == "auto":
+            # CPU fp16 matmuls are emulated or missing on most CPUs, and bf16 is only fast with AMX:
+            # float32 is exact and the fastest CPU path for small models.
+            stored = config.get("torch_dtype") or config.get("dtype")
+            dtype = "float32" if on == "cpu" else (stored if stored in DTYPE_BYTES else "float16")
+        compute = self.options.bnb_4bit_compute_dtype
+        causal = _is_causal(config)
+        text = config.get("text_config") or config
+        trained = int(text.get("max_position_embeddings") or text.get("n_positions") or DEFAULT_CONTEXT)
+        context = self.context_length or min(trained, DEFAULT_CONTEXT)
+        return HfPlan(
+            **self.base_plan(device, context_length=context, on=on), path=self.path, dtype=dtype,
+            quantization=quantization, bnb_4bit_quant_type=self.options.bnb_4bit_quant_type,
+            bnb_4bit_compute_dtype=dtype if compute == "auto" else compute, double_quant=self.options.double_quant,
+            chat_template=self.options.chat_template, causal=causal, embedding=self.options.embedding or not causal,
+            weights_bytes=_weights_bytes(sorted(self.path.glob("*.safetensors")), dtype, quantization),
+            shape=Shape.of(config))
+
+
+def _is_causal(config: dict[str, Any]) -> bool:
+    return any(a.endswith(_CAUSAL_SUFFIXES) for a in config.get("architectures") or [])
+
+
+def _weights_bytes(files: list[Path], dtype: str, quantization: str) -> float:
+    """File tensors at the compute dtype, scaled by quantization."""
+    element = DTYPE_BYTES[dtype]
+    total = 0.0
+    for name, (stored, count) in safetensors.tensors(files).items():
+        if stored not in safetensors.FLOATS:
+            total += count * safetensors.DTYPE_BYTES.get(stored, 4)  # packed GPTQ weights and indices: as stored
+        elif quantization in ("4bit", "8bit") and _quantizable(name, count):
+            # bitsandbytes: 4-bit is half a byte per weight plus a float32 absmax per 64 weights;
+            # 8-bit is a byte per weight plus a float32 scale per row (rounded up).
+            total += count * (0.5 + 4 / 64) if quantization == "4bit" else count * 1.02
+        elif quantization == "gptq" and name.endswith(".scales"):
+            total += count * 2  # GPTQ scales stay float16
+        else:
+            total += count * element
+    return total
+
+
+def _quantizable(name: str, count: int) -> bool:
+    """bitsandbytes replaces Linear layers, except the output head; embeddings and norms stay."""
+    return (name.endswith(".weight") and count >= 4096 and "embed" not in name and "lm_head" not in name
+            and "norm" not in name and "wte" not in name and "wpe" not in name)

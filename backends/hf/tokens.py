@@ -1,0 +1,74 @@
+"""Token ids back to text and bytes, for any Hugging Face tokenizer."""
+
+from __future__ import annotations
+
+# Fill-in-the-middle token triples (prefix, suffix, middle) of the common code-model families.
+FIM_TOKENS = (
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder, DeepSeek-style
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5-Coder
+    ("<|fim_begin|>", "<|fim_hole|>", "<|fim_end|>"),  # DeepSeek-Coder
+    ("<PRE>", "<SUF>", "<MID>"),  # CodeLlama
+    ("▁<PRE>", "▁<SUF>", "▁<MID>"),  # CodeLlama (sentencepiece spelling)
+)
+
+
+def fim_tokens(tokenizer) -> tuple[str, str, str] | None:
+    vocab = tokenizer.get_vocab()
+    return next((triple for triple in FIM_TOKENS if all(t in vocab for t in triple)), None)
+
+
+class Detokenizer:
+    """Incremental decoding that never emits half a UTF-8 character or a wrong leading space."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        after = decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        after = decode(self.ids[self.prefix:], skip_special_tokens=True)
+        self.prefix = self.read = len(self.ids)
+        return after[len(before):]
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: printable stand-in character -> byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = printable[:], 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+_BYTE_DECODER = _byte_decoder()
+
+
+def token_bytes(tokenizer, token: int) -> bytes:
+    """The exact bytes a token stands for (byte-level BPE, sentencepiece byte tokens, or plain text)."""
+    piece = tokenizer.convert_ids_to_tokens(token)
+    if piece is None:
+        return b""
+    if piece in tokenizer.all_special_tokens:
+        return piece.encode()
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        return bytes([int(piece[3:5], 16)])
+    if all(c in _BYTE_DECODER for c in piece):
+        return bytes(_BYTE_DECODER[c] for c in piece)
+    return piece.replace("▁", " ").encode()

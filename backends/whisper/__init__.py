@@ -1,0 +1,1 @@
+"""Whisper speech-to-text on faster-whisper (CTranslate2)."""

@@ -1,0 +1,33 @@
+"""The app's services, created once in the lifespan and reached from a request by `services_of`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from backends.plan import Device
+from server.arbiter import Arbiter
+from server.audio import ScratchDir
+from server.imagestore import ImageStore
+from server.memory import MemoryProbe
+from server.metrics import Metrics
+from server.registry import Registry
+from server.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    registry: Registry
+    arbiter: Arbiter
+    metrics: Metrics
+    probe: MemoryProbe
+    device: Device
+    images: ImageStore  # generated images served by URL
+    audio_scratch: ScratchDir  # decoded uploads on their way to a worker
+    started_at: int
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services
