@@ -32,7 +32,19 @@ import threading
 import traceback
 from typing import Any
 
-from backends.contract import Adapter, Cancel, ContractError, ErrorCode, InvalidInput, decode_params
+from backends.contract import (
+    Adapter,
+    CallMessage,
+    Cancel,
+    ContractError,
+    ErrorCode,
+    Handshake,
+    InvalidInput,
+    LoadErrorMessage,
+    ReadyMessage,
+    Reply,
+    decode_params,
+)
 from backends.plan import LoadPlan
 
 log = logging.getLogger("modelyard.worker")
@@ -46,7 +58,7 @@ class Connection:
         self._reader = self._sock.makefile("rb")
         self._lock = threading.Lock()
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: Reply | ReadyMessage | LoadErrorMessage) -> None:
         data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
         with self._lock:
             self._sock.sendall(data)
@@ -56,7 +68,7 @@ class Connection:
         return json.loads(line) if line else None
 
 
-def load_adapter(handshake: dict[str, Any]) -> Adapter:
+def load_adapter(handshake: Handshake) -> Adapter:
     """The plan's engine, loaded exactly as planned."""
     plan: LoadPlan = _named(handshake["plan_type"]).from_json(handshake["plan"])
     return _named(plan.adapter)(plan)
@@ -94,7 +106,7 @@ class Worker:
     def _stats(self) -> dict[str, Any]:
         return {"active": len(self.cancels), "memory_mb": self.adapter.memory_mb(), **self.adapter.stats()}
 
-    def _run(self, message: dict[str, Any], cancel: Cancel) -> None:
+    def _run(self, message: CallMessage, cancel: Cancel) -> None:
         call_id, method = message["id"], message["method"]
         try:
             params = decode_params(method, message.get("params", {}))

@@ -113,7 +113,6 @@ class Resident:
     last_used: float = 0.0
     keep_alive_s: float = 300.0
     expires_at: float | None = None
-    loaded_at: float = 0.0
     unload_requested: bool = False  # an admin asked for the unload while it was serving
     _timer: Handle | None = field(default=None, repr=False)
 
@@ -351,7 +350,7 @@ class Arbiter:
             measured = self._probe.measure(worker.pid, worker.reported_mb + resident.estimate.runtime_mb)
             self._measured[spec.id] = max(self._measured.get(spec.id, 0.0), measured)
             resident.worker, resident.mb = worker, measured
-            resident.state, resident.loaded_at = State.READY, self._clock.now()
+            resident.state = State.READY
             worker.on_exit(self._on_worker_exit)
             self._account(resident)
             self._settle_over_budget(resident)

@@ -72,11 +72,14 @@ class MemoryProbe:
         return False
 
 
+DEFAULT_GPU_BUDGET_MB = 12288  # the reference card: an RTX 4070 Ti
+
+
 def default_budget_mb(probe: MemoryProbe) -> int:
     """12 GiB of GPU memory when a card is visible (capped by the card), else half the RAM."""
     if probe.gpu:
-        total = probe.device_total_mb() or 12288
-        return int(min(12288, total - 512))
+        total = probe.device_total_mb() or DEFAULT_GPU_BUDGET_MB
+        return int(min(DEFAULT_GPU_BUDGET_MB, total - 512))
     return int(psutil.virtual_memory().total / MIB * 0.5)
 
 

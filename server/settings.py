@@ -9,8 +9,6 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_GPU_BUDGET_MB = 12288
-
 
 def _split_commas(value: object) -> object:
     if isinstance(value, str):

@@ -18,7 +18,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backends.contract import ErrorCode, ErrorReply, Params, encode_params, method_of
+from backends.contract import (
+    CallMessage,
+    ControlMessage,
+    ErrorCode,
+    ErrorReply,
+    Handshake,
+    Params,
+    Reply,
+    Result,
+    encode_params,
+    method_of,
+)
 from backends.plan import LoadPlan, type_name
 from server.errors import (
     BackendError,
@@ -48,7 +59,7 @@ class Call:
         self._worker = worker
         self.id = call_id
         self._queue: asyncio.Queue = asyncio.Queue()
-        self.final: dict[str, Any] | None = None
+        self.final: Result | None = None
         self.done = False
         self.cancelled = False  # stopped before its end: `final` stays None
 
@@ -124,7 +135,7 @@ class WorkerProcess:
         self.exited = asyncio.Event()
         self.stopping = False
         self._on_exit: list[Callable[[WorkerProcess], None]] = []
-        self._pump: asyncio.Task | None = None
+        self._pump: asyncio.Task | None = None  # the reader; held so the loop does not drop it
 
     @property
     def label(self) -> str:
@@ -134,7 +145,7 @@ class WorkerProcess:
         self._on_exit.append(callback)
 
     async def _handshake(self) -> None:
-        handshake = {"plan_type": type_name(type(self.plan)), "plan": self.plan.to_json()}
+        handshake: Handshake = {"plan_type": type_name(type(self.plan)), "plan": self.plan.to_json()}
         self._writer.write(json.dumps(handshake).encode() + b"\n")
         await self._writer.drain()
         line = await self._reader.readline()
@@ -151,8 +162,8 @@ class WorkerProcess:
     async def _read_loop(self) -> None:
         try:
             while line := await self._reader.readline():
-                message = json.loads(line)
-                call_id = message.get("id")
+                message: Reply = json.loads(line)
+                call_id = message["id"]
                 if "stats" in message:
                     future = self._stats.pop(call_id, None)
                     if future and not future.done():
@@ -185,11 +196,11 @@ class WorkerProcess:
         for callback in self._on_exit:
             callback(self)
 
-    def _send_nowait(self, message: dict[str, Any]) -> None:
+    def _send_nowait(self, message: ControlMessage) -> None:
         if not self.exited.is_set() and not self._writer.is_closing():
             self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def _send(self, message: CallMessage | ControlMessage) -> None:
         if self.exited.is_set():
             raise WorkerCrashed(f"the worker serving model {self.plan.model_id} is gone; retry to start a fresh one")
         try:

@@ -1,4 +1,8 @@
-"""The arbiter's behaviour, one test per behaviour, through the real app, workers and openai client."""
+"""The arbiter wired into the real app, real worker processes and the openai client.
+
+Each rule of the arbiter has its own unit test in test_arbiter.py (fake workers and clock); these
+prove the wiring: leases that span HTTP streams, status codes and headers, real processes
+started, killed and reaped, timers on the real event loop, and a randomized load on the whole."""
 
 from __future__ import annotations
 
@@ -44,19 +48,6 @@ def test_model_that_does_not_fit_evicts_an_idle_one(served):
         assert s.arbiter.peak_mb <= 1000
 
 
-def test_eviction_prefers_shortest_keep_alive_then_least_recently_used(served):
-    models = [fake("short", memory_mb=300, spec_keep_alive="10s"), fake("old", memory_mb=300),
-              fake("recent", memory_mb=300), fake("new", memory_mb=300)]
-    with served(models, budget_mb=900) as s:
-        client = s.client()
-        for name in ("old", "recent", "short"):
-            chat(client, name)
-        chat(client, "new")
-        assert {r["model"] for r in s.ps()["residents"]} == {"old", "recent", "new"}
-        chat(client, "short")  # now "old" is the least recently used of the 5-minute models
-        assert {r["model"] for r in s.ps()["residents"]} == {"recent", "new", "short"}
-
-
 def test_busy_victim_drains_and_waiter_is_served_after(served):
     models = [fake("slow", memory_mb=600, token_latency_s=0.05), fake("other", memory_mb=600)]
     with served(models, budget_mb=1000) as s:
@@ -82,23 +73,6 @@ def test_busy_victim_drains_and_waiter_is_served_after(served):
         assert s.arbiter.peak_mb <= 1000
 
 
-def test_draining_model_takes_no_new_leases(served):
-    models = [fake("slow", memory_mb=600, token_latency_s=0.05), fake("other", memory_mb=600)]
-    with served(models, budget_mb=1000) as s:
-        client = s.client()
-        stream = chat(client, "slow", max_tokens=20, stream=True)
-        next(iter(stream))
-        with ThreadPoolExecutor(2) as pool:
-            other = pool.submit(chat, client, "other")
-            s.wait_until(lambda: s.resident("slow")["state"] == "draining")
-            again = pool.submit(chat, client, "slow")
-            time.sleep(0.2)
-            assert s.resident("slow")["refcount"] == 1  # the new request did not join the draining model
-            list(stream)
-            other.result(10)
-            again.result(10)
-
-
 def test_keep_alive_zero_unloads_on_release(served):
     with served([fake("a")]) as s:
         chat(s.client(), "a", extra_body={"keep_alive": 0})
@@ -111,14 +85,6 @@ def test_model_keep_alive_expires_idle_model(served):
         chat(s.client(), "a")
         assert s.resident("a") is not None
         s.wait_until(lambda: s.resident("a") is None, timeout=5)
-
-
-def test_request_keep_alive_forever_overrides_model_default(served):
-    with served([fake("a", spec_keep_alive="200ms")]) as s:
-        chat(s.client(), "a", extra_body={"keep_alive": -1})
-        time.sleep(0.6)
-        resident = s.resident("a")
-        assert resident is not None and resident["expires_in_s"] is None
 
 
 def test_pinned_model_loads_at_start_and_is_never_evicted(served):

@@ -1,7 +1,19 @@
 """The placement policy on its own: pure functions, no processes, no clock."""
 
+from backends.plan import MemoryEstimate
 from backends.spec import FOREVER
-from server.placement import Ledger, ResidentView, Verdict, eviction_order, plan
+from server.placement import (
+    Ledger,
+    Release,
+    ResidentView,
+    Verdict,
+    after_release,
+    eviction_order,
+    expected_mb,
+    over_budget_victims,
+    plan,
+    refusal,
+)
 
 
 def test_fits_without_evicting_when_there_is_room():
@@ -75,3 +87,53 @@ def test_ledger_tracks_peak_and_drops():
     ledger.drop("a")
     ledger.set("a", 100)
     assert ledger.used_mb == 600 and ledger.peak_mb == 900
+
+
+def test_the_estimate_is_raised_by_the_memory_hint_and_by_what_a_load_measured():
+    estimate = MemoryEstimate(weights_mb=300, kv_cache_mb=100, runtime_mb=60)
+    assert expected_mb(estimate, None, 0) == 460
+    assert expected_mb(estimate, 1000, 0) == 1060  # the hint stands in for the model, not its runtime
+    assert expected_mb(estimate, None, 900) == 900
+
+
+def test_refusal_names_the_budget_or_the_pinned_models():
+    assert refusal(500, [ResidentView("a", 900)], 1000) is None  # evicting "a" makes room
+    assert "whole budget" in refusal(1200, [], 1000)
+    assert "pinned" in refusal(600, [ResidentView("p", 500, pinned=True)], 1000)
+
+
+def test_a_load_over_its_estimate_evicts_idle_models_until_back_under():
+    residents = [ResidentView("loaded", 700), ResidentView("old", 200, last_used=1), ResidentView("new", 200, last_used=2),
+                 ResidentView("busy", 100, busy=True)]
+    assert over_budget_victims("loaded", residents, 1000) == (("old",), 0.0)  # 200 over: the older goes
+    assert over_budget_victims("loaded", residents, 900) == (("old", "new"), 0.0)
+    assert over_budget_victims("loaded", residents[:2], 1000) == ((), 0.0)
+
+
+def test_a_load_over_its_estimate_with_nothing_idle_reports_the_overrun():
+    residents = [ResidentView("loaded", 900), ResidentView("pinned", 200, pinned=True)]
+    assert over_budget_victims("loaded", residents, 1000) == ((), 100.0)
+
+
+def test_after_release_an_idle_model_expires_after_its_keep_alive():
+    assert after_release(draining=False, unload_requested=False, others_waiting=False, pinned=False,
+                         keep_alive_s=300) == Release(expire_in_s=300)
+
+
+def test_after_release_keep_alive_zero_unloads_and_forever_or_pinned_keeps():
+    common = {"draining": False, "unload_requested": False, "others_waiting": False}
+    assert after_release(**common, pinned=False, keep_alive_s=0) == Release(unload="keep_alive")
+    assert after_release(**common, pinned=False, keep_alive_s=FOREVER) == Release()
+    assert after_release(**common, pinned=True, keep_alive_s=0) == Release()
+
+
+def test_after_release_a_draining_model_unloads_for_its_waiters_or_the_admin():
+    assert after_release(draining=True, unload_requested=False, others_waiting=True, pinned=False,
+                         keep_alive_s=300) == Release(unload="drained")
+    assert after_release(draining=True, unload_requested=True, others_waiting=False, pinned=False,
+                         keep_alive_s=300) == Release(unload="admin")
+
+
+def test_after_release_a_draining_model_nobody_waits_for_serves_again():
+    assert after_release(draining=True, unload_requested=False, others_waiting=False, pinned=False,
+                         keep_alive_s=300) == Release(resume=True, expire_in_s=300)
