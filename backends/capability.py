@@ -9,3 +9,4 @@ class Capability(StrEnum):
     EMBEDDING = "embedding"
     IMAGE = "image"
     TRANSCRIPTION = "transcription"
+    SPEECH = "speech"

@@ -130,7 +130,17 @@ class TranscriptionParams:
     word_timestamps: bool = False
 
 
-Params = ChatParams | CompletionParams | EmbeddingParams | ImageParams | TranscriptionParams
+@dataclass
+class SpeechParams:
+    """One text-to-speech call; the route has mapped the voice name to one of the model's speakers."""
+
+    text: str = ""
+    speaker: int = 0
+    speed: float = 1.0  # 0.25..4.0; an engine without a rate of its own says so and the server stretches
+    language: str | None = None  # None: the model's default
+
+
+Params = ChatParams | CompletionParams | EmbeddingParams | ImageParams | TranscriptionParams | SpeechParams
 
 
 class Method(StrEnum):
@@ -141,11 +151,12 @@ class Method(StrEnum):
     EMBED = "embed"
     GENERATE_IMAGE = "generate_image"
     TRANSCRIBE = "transcribe"
+    SYNTHESIZE = "synthesize"
 
 
 PARAMS: dict[Method, type] = {Method.CHAT: ChatParams, Method.COMPLETE: CompletionParams,
                               Method.EMBED: EmbeddingParams, Method.GENERATE_IMAGE: ImageParams,
-                              Method.TRANSCRIBE: TranscriptionParams}
+                              Method.TRANSCRIBE: TranscriptionParams, Method.SYNTHESIZE: SpeechParams}
 METHODS: dict[type, Method] = {kind: method for method, kind in PARAMS.items()}
 
 
@@ -267,8 +278,22 @@ class TranscriptionResult(TypedDict):
     finish_reason: Literal["stop", "cancelled"]
 
 
-Chunk = TextChunk | ImageChunk
-Result = TextResult | EmbeddingResult | ImageResult | TranscriptionResult
+class SpeechChunk(TypedDict):
+    """synthesize yields one per sentence: mono float32 samples, little-endian, base64."""
+
+    audio: str
+    sample_rate: int
+    speed_applied: bool  # False: the engine has no rate of its own; the server time-stretches
+
+
+class SpeechResult(TypedDict):
+    seconds: float  # audio synthesised, before any time-stretch
+    input_tokens: int  # what the engine read of the text
+    finish_reason: Literal["stop", "cancelled"]
+
+
+Chunk = TextChunk | ImageChunk | SpeechChunk
+Result = TextResult | EmbeddingResult | ImageResult | TranscriptionResult | SpeechResult
 Chunks = Generator[Any, None, Any]  # yields a Chunk, returns a Result
 
 

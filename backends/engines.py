@@ -7,7 +7,10 @@ from backends.diffusion.spec import DiffusionSpec
 from backends.fake.spec import FakeSpec
 from backends.gguf.spec import GgufSpec
 from backends.hf.spec import HfSpec
+from backends.seamless.spec import SeamlessSpec
 from backends.spec import BaseSpec
+from backends.vits.spec import VitsSpec
+from backends.wav2vec2.spec import Wav2Vec2Spec
 from backends.whisper.spec import WhisperSpec
 
 SPECS: tuple[type[BaseSpec], ...] = (
@@ -16,5 +19,8 @@ SPECS: tuple[type[BaseSpec], ...] = (
     HfSpec,
     DiffusionSpec,
     WhisperSpec,
+    Wav2Vec2Spec,
+    SeamlessSpec,
+    VitsSpec,
 )
 

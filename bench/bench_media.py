@@ -2,11 +2,13 @@
 
 Images: median milliseconds per image at fixed steps and size (b64_json over HTTP, through the
 arbiter and the worker process) against the same diffusers pipeline called in this process, for the
-tiny demo SD pipeline and a wider random SD pipeline (compute-bound). Speech: the real-time factor
-(processing seconds / audio seconds) of a generated 30 s clip uploaded as WAV, against
-faster-whisper's transcribe() on the same samples in-process. Same weights, threads and settings on
-both sides, rounds alternating between the two; the models are random, so the number of tokens per
-window is capped (max_new_tokens).
+tiny demo SD pipeline and a wider random SD pipeline (compute-bound). Speech recognition: the
+real-time factor (processing seconds / audio seconds) of a generated 30 s clip uploaded as WAV,
+against faster-whisper's transcribe() on the same samples in-process (Whisper) and against our own
+adapter called in this process (Wav2Vec2, SeamlessM4T). Speech synthesis: processing seconds per
+second of audio made, a WAV over HTTP against the adapter in-process (VITS, SeamlessM4T). Same
+weights, threads and settings on both sides, rounds alternating between the two; the models are
+random, so the number of tokens per window is capped (max_new_tokens).
 
     [BENCH_THREADS=1] .venv/bin/python bench/bench_media.py [--rounds 7]
 """
@@ -31,8 +33,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from backends.contract import Cancel, SpeechParams, TranscriptionParams  # noqa: E402
+from backends.plan import Device  # noqa: E402
 from bench.machine import describe  # noqa: E402
-from tinymodels import DEFAULT_ROOT, media  # noqa: E402
+from server.registry import parse_spec  # noqa: E402
+from tinymodels import DEFAULT_ROOT, media, speech  # noqa: E402
 
 STEPS = 8
 CLIP_SECONDS = 30.0
@@ -116,15 +121,20 @@ def bench_images(http: httpx.Client, path: Path, model: str, size: int, rounds: 
     return served, in_process
 
 
-def bench_whisper(http: httpx.Client, rounds: int) -> tuple[float, float]:
-    from faster_whisper import WhisperModel
-
+def clip_wav() -> tuple[bytes, np.ndarray]:
+    """A 30 s tone over noise, as WAV bytes and as samples."""
     t = np.arange(int(CLIP_SECONDS * 16000)) / 16000
     samples = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(0).standard_normal(t.size))
     samples = samples.astype(np.float32)
     buffer = io.BytesIO()
     soundfile.write(buffer, samples, 16000, format="WAV")
-    wav = buffer.getvalue()
+    return buffer.getvalue(), samples
+
+
+def bench_whisper(http: httpx.Client, rounds: int) -> tuple[float, float]:
+    from faster_whisper import WhisperModel
+
+    wav, samples = clip_wav()
 
     def served():
         http.post("/v1/audio/transcriptions", files={"file": ("clip.wav", wav)},
@@ -141,6 +151,66 @@ def bench_whisper(http: httpx.Client, rounds: int) -> tuple[float, float]:
     return served_ms / 1000 / CLIP_SECONDS, local_ms / 1000 / CLIP_SECONDS
 
 
+SPEECH_MODELS = {
+    "wav2vec2": {"backend": "wav2vec2", "path": str(DEFAULT_ROOT / speech.WAV2VEC2_DIR), "options": {"device": "cpu"}},
+    "seamless": {"backend": "seamless-m4t", "path": str(DEFAULT_ROOT / speech.SEAMLESS_DIR),
+                 "options": {"device": "cpu", "max_new_tokens": 32}},
+    "vits": {"backend": "vits", "path": str(DEFAULT_ROOT / speech.VITS_DIR), "options": {"device": "cpu"}},
+}
+SPEECH_TEXT = " ".join(["The quick brown fox jumps over the lazy dog."] * 6)
+
+
+def in_process(model: str):
+    """Our adapter for `model`, loaded in this process from the plan the server would make."""
+    import importlib
+
+    plan = parse_spec({"id": model, **SPEECH_MODELS[model]}).resolve(Device())
+    module, _, name = plan.adapter.partition(":")
+    return getattr(importlib.import_module(module), name)(plan)
+
+
+def run(chunks) -> tuple[list, object]:
+    out = []
+    try:
+        while True:
+            out.append(next(chunks))
+    except StopIteration as done:
+        return out, done.value
+
+
+def bench_recogniser(http: httpx.Client, model: str, wav: bytes, samples: np.ndarray, rounds: int):
+    adapter = in_process(model)
+    with tempfile.NamedTemporaryFile(suffix=".f32") as audio:
+        samples.astype("<f4").tofile(audio.name)
+
+        def served():
+            http.post("/v1/audio/transcriptions", files={"file": ("clip.wav", wav)},
+                      data={"model": model, "response_format": "verbose_json"}).raise_for_status()
+
+        served_ms, local_ms = paired_median_ms(
+            served, lambda: run(adapter.transcribe(TranscriptionParams(audio_path=audio.name), Cancel())), rounds)
+    http.post("/admin/unload", json={"model": model})
+    return served_ms / 1000 / CLIP_SECONDS, local_ms / 1000 / CLIP_SECONDS
+
+
+def bench_synthesis(http: httpx.Client, model: str, rounds: int) -> tuple[float, float]:
+    """Seconds of processing per second of audio made (lower is faster)."""
+    adapter = in_process(model)
+    made = {"served": 0.0, "local": 0.0}
+
+    def served():
+        reply = http.post("/v1/audio/speech", json={"model": model, "voice": "alloy", "input": SPEECH_TEXT,
+                                                    "response_format": "pcm"}).raise_for_status()
+        made["served"] = len(reply.content) / 2 / 24000
+
+    def local():
+        made["local"] = run(adapter.synthesize(SpeechParams(text=SPEECH_TEXT), Cancel()))[1]["seconds"]
+
+    served_ms, local_ms = paired_median_ms(served, local, rounds)
+    http.post("/admin/unload", json={"model": model})
+    return served_ms / 1000 / made["served"], local_ms / 1000 / made["local"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
@@ -150,6 +220,7 @@ def main() -> None:
 
     torch.set_num_threads(THREADS)  # the worker gets the same through OMP_NUM_THREADS
     media.build(DEFAULT_ROOT)
+    speech.build(DEFAULT_ROOT)
     with tempfile.TemporaryDirectory() as tmp:
         wide = Path(tmp) / "wide-sd"
         build_wide_sd(wide)
@@ -161,6 +232,7 @@ def main() -> None:
             {"id": "wide-sd", "backend": "diffusers", "path": str(wide), "options": sd},
             {"id": "whisper", "backend": "faster-whisper", "path": str(DEFAULT_ROOT / "tiny-whisper"),
              "options": WHISPER_OPTIONS},
+            *({"id": name, **entry} for name, entry in SPEECH_MODELS.items()),
         ]}))
         server = start_server(args.port, registry)
         try:
@@ -175,6 +247,15 @@ def main() -> None:
                 served_rtf, local_rtf = bench_whisper(http, args.rounds)
                 print(f"whisper, {CLIP_SECONDS:.0f} s clip (int8, beam 1, max_new_tokens 32): real-time factor "
                       f"modelyard {served_rtf:.4f} (incl. upload and decode), in-process {local_rtf:.4f}")
+                wav, samples = clip_wav()
+                for model in ("wav2vec2", "seamless"):
+                    served_rtf, local_rtf = bench_recogniser(http, model, wav, samples, args.rounds)
+                    print(f"{model} recognition, {CLIP_SECONDS:.0f} s clip: real-time factor modelyard "
+                          f"{served_rtf:.4f} (incl. upload and decode), in-process adapter {local_rtf:.4f}")
+                for model in ("vits", "seamless"):
+                    served_rtf, local_rtf = bench_synthesis(http, model, args.rounds)
+                    print(f"{model} synthesis, 6 sentences: real-time factor modelyard {served_rtf:.4f} "
+                          f"(incl. encoding to 24 kHz PCM), in-process adapter {local_rtf:.4f}")
         finally:
             server.terminate()
             server.wait(30)

@@ -176,20 +176,29 @@ def sse(payload: dict[str, Any] | str) -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
+async def watched(request: Request, generation: Generation, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`body` as a response streams it: a client that leaves stops the engine at once (not at the next
+    write), and the calls are cancelled and the lease released however the stream ends."""
+    watcher = asyncio.ensure_future(_disconnected(request))
+    watcher.add_done_callback(lambda w: w.cancelled() or generation.close())
+    try:
+        async for data in body:
+            yield data
+    finally:
+        watcher.cancel()
+        generation.close()
+
+
 def sse_response(request: Request, generation: Generation, body: AsyncIterator[bytes]) -> StreamingResponse:
     """Stream SSE; on a mid-stream failure send an error event then [DONE]; always free the lease."""
 
     async def stream() -> AsyncIterator[bytes]:
-        watcher = asyncio.ensure_future(_disconnected(request))
-        watcher.add_done_callback(lambda w: w.cancelled() or generation.close())
         try:
-            async for data in body:
+            async for data in watched(request, generation, body):
                 yield data
         except ModelyardError as exc:
             yield sse(error_body(exc))
         finally:
-            watcher.cancel()
-            generation.close()
             services_of(request).metrics.observe_generation(generation.spec.id, generation)
         yield DONE
 

@@ -59,6 +59,10 @@ class Metrics:
         self.transcription_duration = Histogram("modelyard_transcription_duration_seconds",
                                                 "Transcription request time.", ["model"], buckets=_LATENCY,
                                                 registry=r)
+        self.speech_seconds = Counter("modelyard_audio_seconds_synthesised_total", "Seconds of speech synthesised.",
+                                      ["model"], registry=r)
+        self.speech_duration = Histogram("modelyard_speech_duration_seconds", "Speech request time.", ["model"],
+                                         buckets=_LATENCY, registry=r)
         # Info appends "_info": this exports modelyard_build_info{version,python} 1
         self.build = Info("modelyard_build", "Build information.", registry=r)
         self.build.info({"version": version, "python": platform.python_version()})
@@ -129,6 +133,10 @@ class Metrics:
     def observe_transcription(self, model: str, audio_seconds: float, seconds: float) -> None:
         self.audio_seconds.labels(self.model(model)).inc(audio_seconds)
         self.transcription_duration.labels(self.model(model)).observe(seconds)
+
+    def observe_speech(self, model: str, audio_seconds: float, seconds: float) -> None:
+        self.speech_seconds.labels(self.model(model)).inc(audio_seconds)
+        self.speech_duration.labels(self.model(model)).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(_WithoutCreated(self.registry))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from backends.contract import Cancel, Chunks, InvalidInput, Segment, TranscriptionParams, TranscriptionResult
+from backends.speech import clip
 from backends.whisper.plan import WhisperPlan
 
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -86,17 +87,12 @@ class WhisperAdapter:
         yield  # a generator like every capability method; transcription has no partial chunks
 
 
-def _clip(seconds: float, duration: float) -> float:
-    # The last window is padded to 30 s and timestamps may point into the padding; the audio ends first.
-    return round(min(max(float(seconds), 0.0), duration), 3)
-
-
 def _segment(index: int, segment, with_words: bool, duration: float) -> Segment:
     item: Segment = {
         "id": index,
         "seek": int(segment.seek),
-        "start": _clip(segment.start, duration),
-        "end": _clip(segment.end, duration),
+        "start": clip(segment.start, duration),
+        "end": clip(segment.end, duration),
         "text": segment.text,
         "tokens": [int(t) for t in segment.tokens],
         "temperature": float(segment.temperature or 0.0),
@@ -105,6 +101,6 @@ def _segment(index: int, segment, with_words: bool, duration: float) -> Segment:
         "no_speech_prob": float(segment.no_speech_prob),
     }
     if with_words:
-        item["words"] = [{"word": w.word, "start": _clip(w.start, duration), "end": _clip(w.end, duration),
+        item["words"] = [{"word": w.word, "start": clip(w.start, duration), "end": clip(w.end, duration),
                           "probability": float(w.probability)} for w in (segment.words or [])]
     return item

@@ -1,4 +1,4 @@
-"""POST /v1/audio/transcriptions and /v1/audio/translations: form fields and the response formats."""
+"""/v1/audio/transcriptions and /translations (form fields, response formats) and /v1/audio/speech."""
 
 from __future__ import annotations
 
@@ -69,3 +69,41 @@ def verbose(task: str, result: dict, words: bool, segments: bool) -> dict:
         body["words"] = [{k: w[k] for k in ("word", "start", "end")} for w in result.get("words") or []]
     body["usage"] = usage(result["duration"])
     return body
+
+
+# ---- POST /v1/audio/speech -----------------------------------------------------------------------
+
+MAX_SPEECH_CHARS = 4096  # OpenAI's limit; a model may set a lower one (options.max_input_chars)
+
+
+class CustomVoice(WireModel):
+    id: str = Field(min_length=1, max_length=64)
+
+
+class SpeechRequest(WireModel):
+    model: str = Field(min_length=1, max_length=256)
+    input: str = Field(min_length=1, max_length=MAX_SPEECH_CHARS)
+    voice: Annotated[str, Field(min_length=1, max_length=64)] | CustomVoice
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: Annotated[float, Field(ge=0.25, le=4.0, allow_inf_nan=False)] = 1.0
+    instructions: str | None = Field(None, max_length=4096)  # accepted; no engine here can follow it yet
+    stream_format: Literal["audio", "sse"] = "audio"
+
+    @field_validator("input")
+    @classmethod
+    def _something_to_say(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("input has nothing to say")
+        return value
+
+    def voice_name(self) -> str:
+        return self.voice.id if isinstance(self.voice, CustomVoice) else self.voice
+
+
+def speech_delta(audio_b64: str) -> dict[str, Any]:
+    return {"type": "speech.audio.delta", "audio": audio_b64}
+
+
+def speech_done(input_tokens: int) -> dict[str, Any]:
+    return {"type": "speech.audio.done",
+            "usage": {"input_tokens": input_tokens, "output_tokens": 0, "total_tokens": input_tokens}}

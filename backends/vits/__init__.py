@@ -1,0 +1,1 @@
+"""Text-to-speech with VITS / MMS-TTS (transformers' VitsModel)."""
