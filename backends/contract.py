@@ -91,6 +91,7 @@ class ChatParams(SamplingParams):
 @dataclass
 class CompletionParams(SamplingParams):
     prompt: str = ""
+    prompt_tokens: list[int] | None = None  # token ids in the model's own vocabulary, instead of `prompt`
     suffix: str | None = None  # fill-in-the-middle; refused if the model has no FIM tokens
     echo: bool = False  # yield the prompt first (with its logprobs when asked)
     logprobs: int | None = None  # legacy: number of top alternatives per token (0..5)
@@ -99,6 +100,29 @@ class CompletionParams(SamplingParams):
 @dataclass
 class EmbeddingParams:
     inputs: list[str] = field(default_factory=list)
+    token_inputs: list[list[int]] | None = None  # token ids in the model's own vocabulary, instead of `inputs`
+
+
+@dataclass
+class RerankParams:
+    """Score each document's relevance to the query (a cross-encoder reads each pair together)."""
+
+    query: str = ""
+    documents: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TokenizeParams:
+    """Exactly one of `text` (as a prompt) and `messages` (through the chat template) is set."""
+
+    text: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    add_special_tokens: bool = True
+
+
+@dataclass
+class DetokenizeParams:
+    tokens: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -140,7 +164,8 @@ class SpeechParams:
     language: str | None = None  # None: the model's default
 
 
-Params = ChatParams | CompletionParams | EmbeddingParams | ImageParams | TranscriptionParams | SpeechParams
+Params = (ChatParams | CompletionParams | EmbeddingParams | ImageParams | TranscriptionParams | SpeechParams
+          | RerankParams | TokenizeParams | DetokenizeParams)
 
 
 class Method(StrEnum):
@@ -152,11 +177,16 @@ class Method(StrEnum):
     GENERATE_IMAGE = "generate_image"
     TRANSCRIBE = "transcribe"
     SYNTHESIZE = "synthesize"
+    RERANK = "rerank"
+    TOKENIZE = "tokenize"
+    DETOKENIZE = "detokenize"
 
 
 PARAMS: dict[Method, type] = {Method.CHAT: ChatParams, Method.COMPLETE: CompletionParams,
                               Method.EMBED: EmbeddingParams, Method.GENERATE_IMAGE: ImageParams,
-                              Method.TRANSCRIBE: TranscriptionParams, Method.SYNTHESIZE: SpeechParams}
+                              Method.TRANSCRIBE: TranscriptionParams, Method.SYNTHESIZE: SpeechParams,
+                              Method.RERANK: RerankParams, Method.TOKENIZE: TokenizeParams,
+                              Method.DETOKENIZE: DetokenizeParams}
 METHODS: dict[type, Method] = {kind: method for method, kind in PARAMS.items()}
 
 
@@ -230,6 +260,22 @@ class EmbeddingResult(TypedDict):
     usage: EmbeddingUsage
 
 
+class RerankResult(TypedDict):
+    """rerank yields no chunks: one score per document, in the documents' order."""
+
+    scores: list[float]
+    usage: EmbeddingUsage
+
+
+class TokenizeResult(TypedDict):
+    tokens: list[int]
+    pieces: list[str]  # each token's text, as the model's vocabulary spells it
+
+
+class DetokenizeResult(TypedDict):
+    text: str
+
+
 class ImageChunk(TypedDict):
     """generate_image yields one per finished image."""
 
@@ -293,7 +339,8 @@ class SpeechResult(TypedDict):
 
 
 Chunk = TextChunk | ImageChunk | SpeechChunk
-Result = TextResult | EmbeddingResult | ImageResult | TranscriptionResult | SpeechResult
+Result = (TextResult | EmbeddingResult | ImageResult | TranscriptionResult | SpeechResult | RerankResult
+          | TokenizeResult | DetokenizeResult)
 Chunks = Generator[Any, None, Any]  # yields a Chunk, returns a Result
 
 

@@ -164,6 +164,16 @@ def check_context(count: int, limit: int, param: str, what: str = "the prompt", 
                            param=param, code=ErrorCode.CONTEXT_LENGTH_EXCEEDED)
 
 
+def check_token_ids(ids: list[int], n_vocab: int, param: str, where: str | None = None) -> list[int]:
+    """Token ids a client sent, each inside the model's own vocabulary; `where` names the list in the
+    request (e.g. "input[2]") when there are several."""
+    for position, token in enumerate(ids):
+        if not 0 <= token < n_vocab:
+            raise InvalidInput(f"{where or param}[{position}]: token id {token} is outside this model's "
+                               f"vocabulary (0..{n_vocab - 1})", param=param)
+    return ids
+
+
 def no_fill_in_the_middle(model_id: str) -> InvalidInput:
     return InvalidInput(f"model {model_id} has no fill-in-the-middle tokens; `suffix` is not supported",
                         param="suffix", code=ErrorCode.UNSUPPORTED_PARAMETER)

@@ -20,7 +20,7 @@ from server.imagestore import ImageStore
 from server.memory import MemoryProbe, default_budget_mb, detect_device
 from server.metrics import Metrics
 from server.registry import Registry, load_registry
-from server.routes import admin, audio, chat, completions, embeddings, health, images, models
+from server.routes import admin, audio, chat, completions, embeddings, health, images, models, rerank, tokenize
 from server.security import SecurityMiddleware
 from server.services import Services
 from server.settings import Settings
@@ -30,7 +30,8 @@ log = logging.getLogger("modelyard")
 
 VERSION = "0.1.0"
 _V1_ALIASES = ("/chat/completions", "/completions", "/embeddings", "/models", "/images/generations",
-               "/audio/transcriptions", "/audio/translations")
+               "/audio/transcriptions", "/audio/translations", "/audio/speech", "/rerank", "/tokenize",
+               "/detokenize")
 
 
 class ConfigError(Exception):
@@ -91,7 +92,7 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
     app = FastAPI(title="modelyard", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     for router in (chat.router, completions.router, embeddings.router, models.router, health.router,
-                   admin.router, images.router, audio.router):
+                   admin.router, images.router, audio.router, rerank.router, tokenize.router):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)

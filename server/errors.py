@@ -152,8 +152,10 @@ def error_response(exc: ModelyardError) -> JSONResponse:
 
 
 def _param_of(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or None
+    # The first element says where the value was (body, query, path, header); a field may be named "query".
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
+    return ".".join(str(p) for p in loc) or None
 
 
 def from_validation(exc: RequestValidationError) -> InvalidRequest:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 CHAT_FILE = "tiny-llama.gguf"
 EMBED_FILE = "tiny-embed.gguf"
+RERANK_FILE = "tiny-rerank.gguf"
 
 # ChatML-style, with tools and tool results, so the tool-call round trip renders like a real model's.
 CHAT_TEMPLATE = (
@@ -100,7 +102,71 @@ def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2,
     writer.close()
 
 
-def build_file(target: Path, **kwargs) -> Path:
+def write_bert_reranker(source: Path, path: Path) -> None:
+    """The tiny Hugging Face cross-encoder (tinymodels/hf.py) converted to GGUF as llama.cpp reads a BERT
+    reranker: WordPiece vocabulary in its phantom-space spelling, the pooler as `cls`, the classifier
+    as `cls.output`, rank pooling. Same weights, so both engines score a pair alike."""
+    import json
+
+    import gguf
+    from safetensors.numpy import load_file
+
+    config = json.loads((source / "config.json").read_text())
+    weights = load_file(source / "model.safetensors")
+    vocab = sorted(json.loads((source / "tokenizer.json").read_text())["model"]["vocab"].items(),
+                   key=lambda item: item[1])
+    ids = dict(vocab)
+
+    def special(token: str) -> bool:
+        return token.startswith("[") and token.endswith("]")
+
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_layer_norm_eps(config["layer_norm_eps"])
+    writer.add_causal_attention(False)
+    writer.add_pooling_type(gguf.PoolingType.RANK)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("bert")
+    writer.add_token_list([t if special(t) else t[2:] if t.startswith("##") else "\u2581" + t for t, _ in vocab])
+    writer.add_token_types([gguf.TokenType.CONTROL if special(t) else gguf.TokenType.NORMAL for t, _ in vocab])
+    writer.add_token_type_count(config.get("type_vocab_size", 2))
+    writer.add_bos_token_id(ids["[CLS]"])
+    writer.add_eos_token_id(ids["[SEP]"])
+    writer.add_sep_token_id(ids["[SEP]"])
+    writer.add_unk_token_id(ids["[UNK]"])
+    writer.add_pad_token_id(ids["[PAD]"])
+    writer.add_mask_token_id(ids["[MASK]"])
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(True)
+    writer.add_add_sep_token(False)  # BERT frames a pair [CLS] a [SEP] b [SEP]; XLM-R's </s></s> needs it on
+
+    def tensor(name: str, key: str) -> None:
+        writer.add_tensor(name, weights[key].astype(np.float32))
+
+    tensor("token_embd.weight", "bert.embeddings.word_embeddings.weight")
+    tensor("token_types.weight", "bert.embeddings.token_type_embeddings.weight")
+    tensor("position_embd.weight", "bert.embeddings.position_embeddings.weight")
+    layers = [("attn_q", "attention.self.query"), ("attn_k", "attention.self.key"), ("attn_v", "attention.self.value"),
+              ("attn_output", "attention.output.dense"), ("attn_output_norm", "attention.output.LayerNorm"),
+              ("ffn_up", "intermediate.dense"), ("ffn_down", "output.dense"), ("layer_output_norm", "output.LayerNorm")]
+    pairs = [("token_embd_norm", "bert.embeddings.LayerNorm"), ("cls", "bert.pooler.dense"),
+             ("cls.output", "classifier")]
+    pairs += [(f"blk.{i}.{ours}", f"bert.encoder.layer.{i}.{theirs}")
+              for i in range(config["num_hidden_layers"]) for ours, theirs in layers]
+    for ours, theirs in pairs:
+        tensor(f"{ours}.weight", f"{theirs}.weight")
+        tensor(f"{ours}.bias", f"{theirs}.bias")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def build_file(target: Path, write: Callable[[Path], None] | None = None, **kwargs) -> Path:
     """Write to a temp file beside `target`, then rename: a half-written model is never used."""
     if target.exists():
         return target
@@ -108,7 +174,10 @@ def build_file(target: Path, **kwargs) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
     os.close(fd)
     try:
-        write_llama(Path(tmp), **kwargs)
+        if write is None:
+            write_llama(Path(tmp), **kwargs)
+        else:
+            write(Path(tmp))
         shutil.move(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -117,5 +186,9 @@ def build_file(target: Path, **kwargs) -> Path:
 
 
 def build(root: Path) -> None:
+    from tinymodels import hf
+
     build_file(root / CHAT_FILE)
     build_file(root / EMBED_FILE, dim=32, layers=1, heads=2, fim=False, chat_template=None, pooling=True, seed=1)
+    hf.build_reranker(root)
+    build_file(root / RERANK_FILE, lambda tmp: write_bert_reranker(root / hf.RERANK_DIR, tmp))

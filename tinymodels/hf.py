@@ -1,4 +1,5 @@
-"""Tiny Hugging Face demo models: a Llama causal LM (fp16), a GPTQ copy of it, a BERT embedder.
+"""Tiny Hugging Face demo models: a Llama causal LM (fp16), a GPTQ copy of it, a BERT embedder and a
+BERT cross-encoder reranker.
 
 bitsandbytes 4/8-bit need no files of their own: they load the fp16 directory with quantization
 options. Each model is built in a temporary directory and renamed into place, so a half-built model
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-LLM_DIR, GPTQ_DIR, EMBED_DIR = "tiny-hf", "tiny-gptq", "tiny-embed-hf"
+LLM_DIR, GPTQ_DIR, EMBED_DIR, RERANK_DIR = "tiny-hf", "tiny-gptq", "tiny-embed-hf", "tiny-rerank-hf"
 
 # ChatML-like; roles and content only, so it renders any OpenAI message list.
 CHAT_TEMPLATE = (
@@ -33,6 +34,13 @@ def build(root: Path) -> None:
     _atomic(root / LLM_DIR, _build_llm)
     _atomic(root / GPTQ_DIR, lambda out: _build_gptq(root / LLM_DIR, out))
     _atomic(root / EMBED_DIR, _build_embedder)
+    build_reranker(root)
+
+
+def build_reranker(root: Path) -> None:
+    """The cross-encoder alone (the GGUF builder converts it)."""
+    root.mkdir(parents=True, exist_ok=True)
+    _atomic(root / RERANK_DIR, _build_reranker)
 
 
 def _atomic(target: Path, make: Callable[[Path], None]) -> None:
@@ -121,10 +129,35 @@ def _build_gptq(source: Path, out: Path) -> None:
 
 def _build_embedder(out: Path) -> None:
     import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertModel
 
     torch.manual_seed(SEED)
+    fast = _wordpiece_tokenizer()
+    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, pad_token_id=fast.pad_token_id)
+    BertModel(config).save_pretrained(out, safe_serialization=True)
+    fast.save_pretrained(out)
+
+
+def _build_reranker(out: Path) -> None:
+    """A cross-encoder: BERT reading "[CLS] query [SEP] document [SEP]" into one relevance logit."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(SEED + 1)
+    fast = _wordpiece_tokenizer()
+    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, pad_token_id=fast.pad_token_id,
+                        num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(out, safe_serialization=True)
+    fast.save_pretrained(out)
+
+
+def _wordpiece_tokenizer():
+    """BERT's WordPiece tokenizer trained on the tiny corpus, with its [CLS]/[SEP] pair template."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -135,9 +168,5 @@ def _build_embedder(out: Path) -> None:
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
-    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, pad_token_id=fast.pad_token_id)
-    BertModel(config).save_pretrained(out, safe_serialization=True)
-    fast.save_pretrained(out)

@@ -23,10 +23,16 @@ class GgufPlan(LoadPlan):
     n_parallel: int
     chat_template: str | None  # models.yaml's override; None: the file's own
     embedding: bool
+    rerank: bool  # scores (query, document) pairs with the file's classification head
     file_bytes: int
     kv_bytes_per_token: int  # 0 when the file could not be read
 
+    @property
+    def pooled(self) -> bool:
+        """An embedding model or a reranker: one pooled output per input, no generation."""
+        return self.embedding or self.rerank
+
     def estimate(self) -> MemoryEstimate:
-        kv = 0 if self.embedding else self.kv_bytes_per_token * self.context_length
+        kv = 0 if self.pooled else self.kv_bytes_per_token * self.context_length
         return MemoryEstimate(weights_mb=self.file_bytes / MIB, kv_cache_mb=kv / MIB, buffers_mb=BUFFERS_MB,
                               runtime_mb=self.runtime_mb)

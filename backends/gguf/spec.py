@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backends.capability import Capability
 from backends.gguf.file import GgufFile, GgufFileError
@@ -28,6 +28,13 @@ class GgufOptions(BaseModel):
     n_parallel: int = Field(4, ge=1, le=64, description="Requests decoded together in one batch (shared KV pool).")
     chat_template: str | None = Field(None, max_length=200_000, description="Overrides the GGUF's template.")
     embedding: bool = Field(False, description="Serve /v1/embeddings (pooled) instead of text generation.")
+    rerank: bool = Field(False, description="Serve /v1/rerank with the file's classification head (rank pooling).")
+
+    @model_validator(mode="after")
+    def _one_pooling(self) -> GgufOptions:
+        if self.embedding and self.rerank:
+            raise ValueError("a GGUF model is an embedding model or a reranker, not both")
+        return self
 
 
 class GgufSpec(BaseSpec):
@@ -39,6 +46,8 @@ class GgufSpec(BaseSpec):
     def capabilities(self) -> frozenset[Capability]:
         if self.options.embedding:
             return frozenset({Capability.EMBEDDING})
+        if self.options.rerank:
+            return frozenset({Capability.RERANK})
         return frozenset({Capability.CHAT, Capability.COMPLETION})
 
     def files(self) -> tuple[Path, ...]:
@@ -63,5 +72,5 @@ class GgufSpec(BaseSpec):
             # batches follow it (all cores stalled batched steps 100x on a busy machine).
             n_threads=self.options.n_threads or max(cores // 2, 1), n_threads_batch=self.options.n_threads or cores,
             n_parallel=self.options.n_parallel, chat_template=self.options.chat_template,
-            embedding=self.options.embedding, file_bytes=size,
+            embedding=self.options.embedding, rerank=self.options.rerank, file_bytes=size,
             kv_bytes_per_token=info.kv_cache_bytes(1) if info else 0)

@@ -25,10 +25,12 @@ from backends.contract import (
     ChatParams,
     Chunks,
     CompletionParams,
+    DetokenizeParams,
     EmbeddingParams,
     ErrorCode,
     InvalidInput,
     TextChunk,
+    TokenizeParams,
     TokenLogprob,
 )
 from backends.hf.guidance import Guidance
@@ -124,6 +126,11 @@ class HfTextAdapter:
     def complete(self, params: CompletionParams, cancel: Cancel) -> Chunks:
         self._need_causal()
         prompt = params.prompt
+        if params.prompt_tokens is not None:
+            if params.suffix is not None:
+                raise InvalidInput("`suffix` needs the prompt as text, not token ids", param="suffix")
+            ids = text.check_token_ids(params.prompt_tokens, self.vocab, "prompt")
+            return (yield from self._generate(ids, params, cancel, params.logprobs, "prompt", echo=params.echo))
         if params.suffix is not None:
             if self.fim is None:
                 raise text.no_fill_in_the_middle(self.model_id)
@@ -137,8 +144,15 @@ class HfTextAdapter:
         torch = self._torch
         if not self.plan.embedding:
             raise text.unsupported(self.model_id, "does not serve embeddings (set `embedding: true` in models.yaml)")
-        if not params.inputs:
+        if params.token_inputs is not None:
+            encoded = [text.check_token_ids(ids, self.vocab, "input", f"input[{i}]")
+                       for i, ids in enumerate(params.token_inputs)]
+        else:
+            encoded = self.tokenizer(params.inputs).input_ids if params.inputs else []
+        if not encoded:
             raise InvalidInput("input must not be empty", param="input")
+        longest = max(map(len, encoded))
+        text.check_context(longest, self.context, "input", what="an input", room=0)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Right padding keeps each text's positions as they would be alone (a causal LM numbers
@@ -147,13 +161,11 @@ class HfTextAdapter:
         vectors: list[list[float]] = []
         total = 0
         with self._acquire(cancel):
-            for start in range(0, len(params.inputs), 16):
+            for start in range(0, len(encoded), 16):
                 if cancel:
                     break
-                batch = self.tokenizer(params.inputs[start:start + 16], padding=True, return_tensors="pt")
-                lengths = batch["attention_mask"].sum(dim=1)
-                text.check_context(int(lengths.max()), self.context, "input", what="an input", room=0)
-                total += int(lengths.sum())
+                batch = self.tokenizer.pad({"input_ids": encoded[start:start + 16]}, padding=True, return_tensors="pt")
+                total += int(batch["attention_mask"].sum())
                 batch = {k: v.to(self.model.device) for k, v in batch.items()}
                 extra = {"logits_to_keep": 1} if self._keep_arg else {}
                 with torch.inference_mode():
@@ -166,6 +178,21 @@ class HfTextAdapter:
         self._requests += 1
         return {"embeddings": vectors, "usage": {"prompt_tokens": total}}
         yield  # a generator like every capability method, though it yields nothing
+
+    def tokenize(self, params: TokenizeParams, cancel: Cancel) -> Chunks:
+        """Text as a prompt is tokenized, or messages through the chat template, as generation would."""
+        yield from ()
+        if params.messages is not None:
+            self._need_causal()
+            ids = self.tokenizer(self.render(params.messages), add_special_tokens=False).input_ids
+        else:
+            ids = self.tokenizer(params.text or "", add_special_tokens=params.add_special_tokens).input_ids
+        return {"tokens": ids, "pieces": [self.tokenizer.decode([i]) for i in ids]}
+
+    def detokenize(self, params: DetokenizeParams, cancel: Cancel) -> Chunks:
+        yield from ()
+        ids = text.check_token_ids(params.tokens, self.vocab, "tokens")
+        return {"text": self.tokenizer.decode(ids)}
 
     # ---- internals ------------------------------------------------------------------------
 

@@ -21,6 +21,9 @@ N = Annotated[int, Field(ge=1, le=16)]
 StopText = Annotated[str, Field(max_length=512)]
 Bias = Annotated[float, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]
 LogitBias = Annotated[dict[Annotated[str, Field(pattern=r"^\d{1,9}$")], Bias], Field(max_length=1024)]
+# Token ids in a model's own vocabulary (the engine checks the upper bound, which only it knows).
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=1_000_000)]
 
 
 class WireModel(BaseModel):
