@@ -89,3 +89,20 @@ def test_its_vocabulary_tokenizes(client):
     assert body["tokens"] == [0, 1, 25]
     assert httpx.post(f"{base}/detokenize", json={"model": "demo-chat", "tokens": [0, 1, 25]}).json()["prompt"] \
         == "the quick <unk>"
+
+
+def test_with_tools_offered_an_answer_streams_while_it_is_written(client):
+    history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "clear"}'}]
+    chunks = list(client.chat.completions.create(model="demo-chat", messages=history, tools=[WEATHER], stream=True))
+    content = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content) > 1 and not any(mark in "".join(content) for mark in ('{"', '"content"'))
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_cut_answer_with_tools_offered_keeps_its_text_and_no_wrapper(client):
+    history = [*ASK, {"role": "tool", "tool_call_id": "call_1", "content": "{}"}]
+    reply = client.chat.completions.create(model="demo-chat", messages=history, tools=[WEATHER], max_tokens=4)
+    assert reply.choices[0].finish_reason == "length"
+    assert "{" not in reply.choices[0].message.content and '"' not in reply.choices[0].message.content

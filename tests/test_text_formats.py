@@ -151,6 +151,18 @@ def test_streamed_tool_call_assembles_into_valid_arguments(s, fmt):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_tool_call_cut_by_max_tokens_never_shows_wrapper_text(s, fmt):
+    question = [{"role": "user", "content": "Weather?"}]
+    reply = chat(s, fmt, messages=question, tools=[WEATHER], tool_choice="required", max_tokens=4, seed=5)
+    assert reply.choices[0].finish_reason == "length"
+    assert not reply.choices[0].message.content and reply.choices[0].message.tool_calls is None
+    chunks = list(chat(s, fmt, messages=question, tools=[WEATHER], tool_choice="required", max_tokens=4, seed=5,
+                       stream=True))
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
 # ---- logprobs --------------------------------------------------------------------------------------
 
 
