@@ -117,6 +117,7 @@ class TokenizeParams:
 
     text: str | None = None
     messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None  # rendered with the messages, as a chat request would
     add_special_tokens: bool = True
 
 

@@ -56,7 +56,7 @@ class AccessMiddleware:
             # Answer here, not in Starlette's outer error middleware, so the reply keeps its request id.
             log.exception("%s unhandled error on %s %s", request_id, scope["method"], scope["path"])
             if not started_response:
-                await error_response(BackendError("internal server error"))(scope, receive, send_with_id)
+                await error_response(BackendError("internal server error"), scope["path"])(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             if counted:

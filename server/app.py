@@ -20,7 +20,21 @@ from server.imagestore import ImageStore
 from server.memory import MemoryProbe, default_budget_mb, detect_device
 from server.metrics import Metrics
 from server.registry import Registry, load_registry
-from server.routes import admin, audio, chat, completions, embeddings, health, images, models, rerank, tokenize
+from server.response_store import ResponseStore
+from server.routes import (
+    admin,
+    audio,
+    chat,
+    completions,
+    embeddings,
+    health,
+    images,
+    messages,
+    models,
+    rerank,
+    responses,
+    tokenize,
+)
 from server.security import SecurityMiddleware
 from server.services import Services
 from server.settings import Settings
@@ -31,7 +45,7 @@ log = logging.getLogger("modelyard")
 VERSION = "0.1.0"
 _V1_ALIASES = ("/chat/completions", "/completions", "/embeddings", "/models", "/images/generations",
                "/audio/transcriptions", "/audio/translations", "/audio/speech", "/rerank", "/tokenize",
-               "/detokenize")
+               "/detokenize", "/responses", "/messages", "/messages/count_tokens")
 
 
 class ConfigError(Exception):
@@ -75,8 +89,9 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
     async def lifespan(app: FastAPI):
         arbiter = Arbiter(budget, factory or WorkerFactory(), probe, **arbiter_kwargs)
         images = ImageStore(ttl_s=settings.image_ttl_s, max_bytes=settings.image_store_mb * 1024 * 1024)
+        responses = ResponseStore(settings.response_ttl_s, settings.response_store_max)
         app.state.services = services = Services(settings, registry, arbiter, metrics, probe, device, images,
-                                                 ScratchDir(), int(time.time()))
+                                                 ScratchDir(), responses, int(time.time()))
         metrics.memory(0.0, budget, {})
         for spec in registry:
             if spec.pinned:  # a pinned model is meant to be ready before the first request
@@ -92,7 +107,8 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
     app = FastAPI(title="modelyard", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     for router in (chat.router, completions.router, embeddings.router, models.router, health.router,
-                   admin.router, images.router, audio.router, rerank.router, tokenize.router):
+                   admin.router, images.router, audio.router, rerank.router, tokenize.router, responses.router,
+                   messages.router):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)
@@ -116,6 +132,6 @@ class V1Aliases:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] == "http" and (path in _V1_ALIASES or path.startswith("/models/")):
+        if scope["type"] == "http" and (path in _V1_ALIASES or path.startswith(("/models/", "/responses/"))):
             scope = {**scope, "path": "/v1" + path, "raw_path": b"/v1" + scope.get("raw_path", path.encode())}
         await self.app(scope, receive, send)

@@ -60,11 +60,11 @@ class SecurityMiddleware:
         try:
             self._admit(scope, headers)
         except ModelyardError as exc:
-            return await error_response(exc)(scope, receive, send)
+            return await error_response(exc, scope["path"])(scope, receive, send)
         limit = self.max_upload if headers.get("content-type", "").startswith("multipart/") else self.max_body
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            return await error_response(_too_large(limit))(scope, receive, send)
+            return await error_response(_too_large(limit), scope["path"])(scope, receive, send)
         await self.app(scope, _capped(receive, limit), send)
 
     def _admit(self, scope: Scope, headers: Headers) -> None:
@@ -75,7 +75,9 @@ class SecurityMiddleware:
                 or scope["method"] == "OPTIONS"):
             return
         scheme, _, token = headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not self.keys.accepts(token.strip()):
+        if scheme.lower() != "bearer":  # Anthropic's clients send the key as x-api-key
+            token = headers.get("x-api-key", "")
+        if not token.strip() or not self.keys.accepts(token.strip()):
             raise AuthenticationError("Incorrect API key provided.")
 
 

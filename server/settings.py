@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Cap on a multipart upload.")
     image_ttl_s: float = Field(3600.0, gt=0, le=7 * 86400, description="How long an image URL stays fetchable.")
     image_store_mb: int = Field(256, ge=1, description="Memory held for image URLs (oldest dropped first).")
+    response_ttl_s: float = Field(3600.0, gt=0, le=7 * 86400,
+                                  description="How long a stored response (store: true) stays retrievable.")
+    response_store_max: int = Field(1000, ge=0, description="Stored responses kept (oldest dropped first).")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a model before 503.")
     queue_timeout_s: float = Field(300.0, gt=0, description="Longest a request waits for a model.")
     load_timeout_s: float = Field(600.0, gt=0, description="Longest a model load may take.")

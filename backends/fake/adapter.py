@@ -88,9 +88,12 @@ class FakeAdapter:
                                           params.logprobs, offset=len(prompt) if params.echo else 0))
 
     def tokenize(self, params: TokenizeParams, cancel: Cancel) -> Chunks:
+        """Words of its vocabulary; through the "chat template", each message framed by 3 tokens."""
         yield from ()
-        source = "\n".join(_text_of(m.get("content")) for m in params.messages) if params.messages else params.text
-        words = (source or "").split()
+        if params.messages is None:
+            words = (params.text or "").split()
+        else:
+            words = [w for m in params.messages for w in ["<|role|>"] * 3 + _text_of(m.get("content")).split()]
         return {"tokens": [WORDS.index(w) if w in WORDS else UNKNOWN for w in words], "pieces": words}
 
     def detokenize(self, params: DetokenizeParams, cancel: Cancel) -> Chunks:

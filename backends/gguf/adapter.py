@@ -207,7 +207,7 @@ class GgufAdapter:
         yield from ()
         if params.messages is not None:
             self._text_model()
-            prompt = self._chat_prompt(params.messages, None)
+            prompt = self._chat_prompt(params.messages, params.tools)
             add_bos = self.vocab.adds_bos and not prompt.startswith(self.vocab.text(self.vocab.bos))
         else:
             prompt, add_bos = params.text or "", params.add_special_tokens and self.vocab.adds_bos

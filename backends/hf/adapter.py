@@ -184,7 +184,7 @@ class HfTextAdapter:
         yield from ()
         if params.messages is not None:
             self._need_causal()
-            ids = self.tokenizer(self.render(params.messages), add_special_tokens=False).input_ids
+            ids = self.tokenizer(self.render(params.messages, params.tools), add_special_tokens=False).input_ids
         else:
             ids = self.tokenizer(params.text or "", add_special_tokens=params.add_special_tokens).input_ids
         return {"tokens": ids, "pieces": [self.tokenizer.decode([i]) for i in ids]}

@@ -71,8 +71,8 @@ class StreamOptions(WireModel):
     include_usage: bool = False
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+def new_id(prefix: str, separator: str = "-") -> str:
+    return f"{prefix}{separator}{uuid.uuid4().hex[:24]}"
 
 
 def now() -> int:
