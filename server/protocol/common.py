@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from backends.spec import parse_keep_alive
 
@@ -21,6 +21,8 @@ N = Annotated[int, Field(ge=1, le=16)]
 StopText = Annotated[str, Field(max_length=512)]
 Bias = Annotated[float, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]
 LogitBias = Annotated[dict[Annotated[str, Field(pattern=r"^\d{1,9}$")], Bias], Field(max_length=1024)]
+# Ollama's per-request keep-alive: seconds, "5m", "1h", -1 (forever).
+KeepAlive = Annotated[float | int | str | None, AfterValidator(lambda v: None if v is None else parse_keep_alive(v))]
 # Token ids in a model's own vocabulary (the engine checks the upper bound, which only it knows).
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=1_000_000)]
@@ -44,13 +46,8 @@ class GenerationRequest(WireModel):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: LogitBias | None = None
-    keep_alive: float | int | str | None = Field(None, description="Ollama-style: seconds or '5m'.")
+    keep_alive: KeepAlive = Field(None, description="Ollama-style: seconds or '5m'; -1 forever.")
     user: str | None = None
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _keep_alive(cls, value: Any) -> Any:
-        return None if value is None else parse_keep_alive(value)
 
     def sampling(self) -> dict[str, Any]:
         """The contract's SamplingParams fields this request sets (backends/contract.py)."""

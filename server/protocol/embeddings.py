@@ -8,8 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from backends.spec import parse_keep_alive
-from server.protocol.common import TokenIds, WireModel
+from server.protocol.common import KeepAlive, TokenIds, WireModel
 
 InputText = Annotated[str, Field(max_length=1_000_000)]
 
@@ -20,7 +19,7 @@ class EmbeddingRequest(WireModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
-    keep_alive: float | int | str | None = None
+    keep_alive: KeepAlive = None
 
     @field_validator("input")
     @classmethod
@@ -38,11 +37,6 @@ class EmbeddingRequest(WireModel):
         if value is not None:
             raise ValueError("dimensions is not supported: models return their native size")
         return value
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _keep_alive(cls, value: Any) -> Any:
-        return None if value is None else parse_keep_alive(value)
 
     def inputs(self) -> list[str]:
         """The inputs as text ([] when they came as token ids)."""

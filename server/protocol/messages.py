@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from backends.spec import parse_keep_alive
 from server.conversation import Conversation
 from server.errors import InvalidRequest
-from server.protocol.common import MaxTokens, StopText, Temperature, TopP, WireModel
+from server.protocol.common import KeepAlive, MaxTokens, StopText, Temperature, TopP, WireModel
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "cancelled": "end_turn"}
 
@@ -46,12 +45,7 @@ class MessagesRequest(WireModel):
     tool_choice: dict[str, Any] | None = None
     stream: bool = False
     metadata: dict[str, Any] | None = None
-    keep_alive: float | int | str | None = None
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _keep_alive(cls, value: Any) -> Any:
-        return None if value is None else parse_keep_alive(value)
+    keep_alive: KeepAlive = None
 
 
 class CountTokensRequest(WireModel):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from backends.spec import parse_keep_alive
-from server.protocol.common import WireModel
+from server.protocol.common import KeepAlive, WireModel
 
 DocumentText = Annotated[str, Field(max_length=100_000)]
 
@@ -22,12 +21,7 @@ class RerankRequest(WireModel):
     documents: list[DocumentText | Document] = Field(min_length=1, max_length=1000)
     top_n: Annotated[int, Field(ge=1, le=1000)] | None = None
     return_documents: bool = True
-    keep_alive: float | int | str | None = None
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _keep_alive(cls, value: Any) -> Any:
-        return None if value is None else parse_keep_alive(value)
+    keep_alive: KeepAlive = None
 
     def texts(self) -> list[str]:
         return [doc.text if isinstance(doc, Document) else doc for doc in self.documents]

@@ -12,12 +12,11 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from backends.spec import parse_keep_alive
 from server.conversation import Conversation
 from server.errors import InvalidRequest
-from server.protocol.common import MaxTokens, Seed, Temperature, TopP, WireModel, new_id
+from server.protocol.common import KeepAlive, MaxTokens, Seed, Temperature, TopP, WireModel, new_id
 
 TopLogprobs = Annotated[int, Field(ge=0, le=20)]
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
@@ -53,12 +52,7 @@ class ResponsesRequest(WireModel):
     stream: bool = False
     reasoning: dict[str, Any] | None = None  # accepted, ignored
     metadata: dict[str, Any] | None = None
-    keep_alive: float | int | str | None = None
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _keep_alive(cls, value: Any) -> Any:
-        return None if value is None else parse_keep_alive(value)
+    keep_alive: KeepAlive = None
 
     def wants_logprobs(self) -> bool:
         return bool(self.include and LOGPROBS_INCLUDE in self.include)
