@@ -83,6 +83,13 @@ def default_budget_mb(probe: MemoryProbe) -> int:
     return int(psutil.virtual_memory().total / MIB * 0.5)
 
 
+def default_ram_budget_mb(probe: MemoryProbe) -> int:
+    """The warm tier's share of system RAM: half beside a GPU (models run in device memory), a
+    quarter without one (the model budget already takes half)."""
+    share = 0.5 if probe.gpu else 0.25
+    return int(psutil.virtual_memory().total / MIB * share)
+
+
 def cuda_visible() -> bool:
     """Whether a CUDA device is likely visible to workers, without importing torch."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):

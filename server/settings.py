@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     worker_overhead_mb: int | None = Field(
         None, ge=0, description="Runtime cost of one worker process (default: 300 on GPU, 60 on CPU)."
     )
+    # The scheduler (issue 9): the warm tier and swap-minimising admission.
+    ram_budget_mb: int | None = Field(
+        None, ge=0, description="System RAM for parked models (the warm tier); 0 turns parking off "
+        "(default: half the RAM beside a GPU, a quarter without one).")
+    park_dir: Path = Field(Path("/dev/shm"), description="A RAM file system for parked models' copies.")
+    max_wait_s: float = Field(
+        30.0, ge=0, le=86400, description="Aging bound: past it, a request's model is swapped in even if "
+        "busy models must drain; below it, the resident model keeps serving its own queue (0: swap at once).")
     shutdown_grace_s: float = Field(30.0, ge=0, description="How long in-flight requests may finish.")
     log_level: str = Field("info", description="Log level.")
 

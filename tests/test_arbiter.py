@@ -222,9 +222,13 @@ async def test_idle_models_are_evicted_shortest_keep_alive_first_then_least_rece
     assert bench.arbiter.evictions == {"capacity": 2}
 
 
+# With no aging allowance (max_wait_s=0) a waiter has a busy model in its way drained at once:
+# the mechanics of draining, which admission otherwise defers (see the admission tests below).
+
+
 @scenario
 async def test_busy_victim_drains_and_the_waiter_loads_after_its_lease_ends():
-    bench = Bench(budget_mb=1000)
+    bench = Bench(budget_mb=1000, max_wait_s=0)
     slow, other = model("slow", 600), model("other", 600)
     lease = await bench.arbiter.acquire(slow)
     waiter = asyncio.create_task(bench.arbiter.acquire(other))
@@ -239,7 +243,7 @@ async def test_busy_victim_drains_and_the_waiter_loads_after_its_lease_ends():
 
 @scenario
 async def test_draining_model_takes_no_new_leases():
-    bench = Bench(budget_mb=1000)
+    bench = Bench(budget_mb=1000, max_wait_s=0)
     slow, other = model("slow", 600), model("other", 600)
     lease = await bench.arbiter.acquire(slow)
     other_waiter = asyncio.create_task(bench.arbiter.acquire(other))
@@ -255,7 +259,7 @@ async def test_draining_model_takes_no_new_leases():
 
 @scenario
 async def test_a_model_its_waiters_are_loading_is_not_evicted_before_they_lease_it():
-    bench = Bench(budget_mb=1000)
+    bench = Bench(budget_mb=1000, max_wait_s=0)
     a, b = model("a", 600), model("b", 600)
     gate = bench.factory.hold("a")
     a_waiter = asyncio.create_task(bench.arbiter.acquire(a))
