@@ -28,6 +28,7 @@ class Group:
     waiting: int
     oldest: float  # when its oldest waiter arrived
     load_s: float = 0.0  # how long its load is expected to take (from RAM or from disk)
+    promised: bool = False  # busy models were drained for it: it stays first until it loads
 
 
 Action = Literal["load", "drain", "wait", "hold", "fail", "none"]
@@ -44,19 +45,29 @@ class Decision:
     wake_at: float | None = None  # decide again then (the earliest aging deadline among the held)
 
 
+# Loads and drains are estimates: a tenth of the bound is kept in hand for them to run long.
+SLACK = 0.1
+
+
 def deadline(group: Group, residents: list[ResidentView], max_wait_s: float) -> float:
     """When the group must be switched to for its oldest request to be served within max_wait_s:
-    its arrival plus the bound, less its expected load and the longest expected drain of a busy model."""
+    its arrival plus the bound (less the slack), less its expected load and the longest expected
+    drain of a busy model."""
     drain = max((r.drain_s for r in residents if r.busy), default=0.0)
-    return group.oldest + max(0.0, max_wait_s - group.load_s - drain)
+    return group.oldest + max(0.0, max_wait_s * (1 - SLACK) - group.load_s - drain)
+
+
+def overdue(group: Group, residents: list[ResidentView], now: float, max_wait_s: float) -> bool:
+    return group.promised or deadline(group, residents, max_wait_s) <= now
 
 
 def order(groups: list[Group], residents: list[ResidentView], now: float, max_wait_s: float) -> list[Group]:
     """Overdue groups first (earliest deadline first), then the most waiting requests, then the oldest."""
 
     def key(group: Group) -> tuple:
-        due = deadline(group, residents, max_wait_s)
-        return (0, due, 0, group.oldest) if due <= now else (1, 0.0, -group.waiting, group.oldest)
+        if overdue(group, residents, now, max_wait_s):
+            return (0, deadline(group, residents, max_wait_s), 0, group.oldest)
+        return (1, 0.0, -group.waiting, group.oldest)
 
     return sorted(groups, key=key)
 
@@ -66,14 +77,14 @@ def decide(groups: list[Group], residents: list[ResidentView], budget_mb: float,
     """What to do for the waiting `groups` next (one load at a time)."""
     held: list[Group] = []
     for group in order(groups, residents, now, max_wait_s):
-        overdue = deadline(group, residents, max_wait_s) <= now
+        late = overdue(group, residents, now, max_wait_s)
         fit = placement.plan(group.need_mb, residents, budget_mb)
         if fit.verdict is Verdict.NEVER:
             return Decision("fail", group.model, reason=fit.reason)
         if fit.verdict is Verdict.FITS:
-            reason = "free" if not fit.evict else ("aging" if overdue else "idle")
+            reason = "free" if not fit.evict else ("aging" if late else "idle")
             return Decision("load", group.model, evict=fit.evict, reason=reason)
-        if overdue:
+        if late:
             # Strict priority from here: nothing else may take the room this group is waiting for.
             if fit.verdict is Verdict.DRAIN:
                 return Decision("drain", group.model, drain=fit.drain, reason="aging")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import statistics
 import time
@@ -435,10 +436,11 @@ class Arbiter:
                 need = self._need_of(waiter.spec, self.rung(waiter.spec))
                 source = "ram" if model in self._parked else "disk"
                 groups[model] = admission.Group(model, need, 1, waiter.arrived,
-                                                self.expected_load_s(model, source, need))
+                                                self.expected_load_s(model, source, need),
+                                                promised=model in self._drained_for)
             else:
-                groups[model] = admission.Group(model, group.need_mb, group.waiting + 1,
-                                                min(group.oldest, waiter.arrived), group.load_s)
+                groups[model] = dataclasses.replace(group, waiting=group.waiting + 1,
+                                                    oldest=min(group.oldest, waiter.arrived))
         return groups
 
     def _mark(self, model: str | None, reason: str) -> None:
@@ -481,7 +483,6 @@ class Arbiter:
         self._spawn(self._load(resident, victims, attempt))
 
     def _views(self) -> list[placement.ResidentView]:
-        now = self._clock.now()
         return [
             placement.ResidentView(
                 id=r.id,
@@ -492,19 +493,16 @@ class Arbiter:
                 keep_alive_s=r.keep_alive_s,
                 last_used=r.last_used,
                 draining=r.state in (State.DRAINING, State.UNLOADING),  # its memory is on its way out
-                drain_s=self._drain_s(r, now),
+                drain_s=self._drain_s(r),
             )
             for r in self._residents.values()
         ]
 
-    def _drain_s(self, resident: Resident, now: float) -> float:
-        """How long its current leases are expected to last yet (the longest of its recent leases,
-        less what each has run)."""
+    def _drain_s(self, resident: Resident) -> float:
+        """How long draining it would take: as long as the longest of its recent leases, since one
+        may have begun just before the drain (0 while it holds none)."""
         recent = self._lease_s.get(resident.id)
-        if not resident.leases or not recent:
-            return 0.0
-        typical = max(recent)
-        return max(max(0.0, typical - (now - began)) for began in resident.leases.values())
+        return max(recent) if resident.leases and recent else 0.0
 
     def expected_load_s(self, model: str, source: str, need_mb: float) -> float:
         """The median of its recent loads from `source`; before any, a guess from its size."""
@@ -842,23 +840,24 @@ class Arbiter:
             return report
         below = full.below(rung) if rung in full.rungs else None
         report.update(rung=rung.name, placement=rung.placement, estimate=rung.estimate.breakdown(),
-                      need_mb=round(rung.need_mb, 1), rung_below=below.describe() if below else None)
+                      need_mb=round(self._need_of(spec, rung), 1), rung_below=below.describe() if below else None)
         if resident is not None and resident.state is State.READY:
             report.update(verdict="resident", fits_now=True, evict=[], park=[], drop=[], drain=[],
                           expected_wait_s=0.0)
             return report
         views = self._views()
-        fit = placement.plan(rung.need_mb, views, self.budget_mb)
         groups = self._groups()
         mine = groups.get(spec.id)
-        groups[spec.id] = admission.Group(spec.id, rung.need_mb, (mine.waiting if mine else 0) + 1,
-                                          min(mine.oldest, now) if mine else now,
-                                          self.expected_load_s(spec.id, source, rung.need_mb))
+        need = self._need_of(spec, rung)
+        groups[spec.id] = dataclasses.replace(mine, waiting=mine.waiting + 1) if mine else admission.Group(
+            spec.id, need, 1, now, self.expected_load_s(spec.id, source, need))
+        fit = placement.plan(need, views, self.budget_mb)
         decision = admission.decide(list(groups.values()), views, self.budget_mb, now, self.max_wait_s)
         park, drop = self._eviction_fates(fit.evict)
         unload_s = statistics.median(self._park_s) if self._park_s and park else 0.5
         report.update(
-            verdict=fit.verdict.value if not fit.evict else "evict", fits_now=fit.verdict is placement.Verdict.FITS,
+            verdict=fit.verdict.value if not fit.evict else "evict",
+            fits_now=fit.verdict is placement.Verdict.FITS and not fit.evict,
             evict=list(fit.evict), park=park, drop=drop, drain=list(fit.drain),
             admission={"action": decision.action, "model": decision.model, "reason": decision.reason,
                        "held": list(decision.held),
@@ -920,6 +919,7 @@ class Arbiter:
     def _account(self, resident: Resident) -> None:
         self._ledger.set(resident.id, resident.mb)
         self._publish_memory()
+        self._publish_warm()  # a model back on the device no longer counts as parked
 
     def _publish_memory(self) -> None:
         self._events.memory(self._ledger.used_mb, self.budget_mb, dict(self._ledger.reserved))

@@ -85,6 +85,11 @@ class WarmStore:
         self._root: Path | None = None
 
     @property
+    def root(self) -> Path | None:
+        """This store's directory for bundles, once one was parked."""
+        return self._root
+
+    @property
     def bundles(self) -> bool:
         """Whether a RAM directory for bundles is available."""
         return self._parent.is_dir() and os.access(self._parent, os.W_OK)
@@ -142,14 +147,15 @@ class WarmStore:
     def _ensure_root(self) -> Path:
         if self._root is None:
             self._sweep()
-            self._root = self._parent / f"modelyard-{os.getpid()}"
-            self._root.mkdir(mode=0o700, exist_ok=True)
+            # One directory per store: a test process may run several servers at once.
+            self._root = self._parent / f"modelyard-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self._root.mkdir(mode=0o700)
         return self._root
 
     def _sweep(self) -> None:
         """Remove what servers that died without cleaning up left behind (their pid is gone)."""
-        for stale in self._parent.glob("modelyard-*"):
-            pid = stale.name.removeprefix("modelyard-")
+        for stale in self._parent.glob("modelyard-*-*"):
+            pid = stale.name.split("-")[1]
             if pid.isdigit() and not _alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
 
