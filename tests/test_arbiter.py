@@ -534,12 +534,18 @@ async def test_shutdown_stops_every_worker_and_refuses_new_leases():
 # ---- the warm tier -------------------------------------------------------------------------------
 
 
+async def with_a_parked() -> tuple[Bench, FakeSpec]:
+    """A bench where "a" was evicted by "b" and waits in the warm tier."""
+    bench = Bench(budget_mb=1000, ram_mb=2000)
+    a = model("a", 600)
+    await bench.use(a)
+    await bench.use(model("b", 600))
+    return bench, a
+
+
 @scenario
 async def test_an_evicted_idle_model_parks_and_its_next_request_loads_from_ram():
-    bench = Bench(budget_mb=1000, ram_mb=2000)
-    a, b = model("a", 600), model("b", 600)
-    await bench.use(a)
-    await bench.use(b)  # a is evicted for room: parked, not dropped
+    bench, a = await with_a_parked()  # a was evicted for room: parked, not dropped
     assert bench.residents() == {"b"} and bench.parked() == {"a"}
     assert bench.arbiter.evictions == {"capacity": 1}
     await bench.use(a)
@@ -601,10 +607,7 @@ async def test_admin_unload_drops_the_parked_copy_too():
 
 @scenario
 async def test_a_parked_copy_whose_files_changed_is_dropped_and_the_model_loads_from_disk():
-    bench = Bench(budget_mb=1000, ram_mb=2000)
-    a, b = model("a", 600), model("b", 600)
-    await bench.use(a)
-    await bench.use(b)
+    bench, a = await with_a_parked()
     bench.warm.stale.add("a")
     await bench.use(a)
     assert bench.factory.sources[-1] == ("a", "disk") and bench.warm.dropped == ["a"]
@@ -612,10 +615,7 @@ async def test_a_parked_copy_whose_files_changed_is_dropped_and_the_model_loads_
 
 @scenario
 async def test_a_parked_copy_that_will_not_load_falls_back_to_the_disk():
-    bench = Bench(budget_mb=1000, ram_mb=2000)
-    a, b = model("a", 600), model("b", 600)
-    await bench.use(a)
-    await bench.use(b)
+    bench, a = await with_a_parked()
     bench.factory.failing_from_ram.add("a")
     await bench.use(a)
     assert bench.factory.sources[-2:] == [("a", "ram"), ("a", "disk")]
