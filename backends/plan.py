@@ -91,6 +91,12 @@ class LoadPlan:
     def estimate(self) -> MemoryEstimate:
         raise NotImplementedError
 
+    def parallel(self) -> int | None:
+        """Requests the engine serves at once (None: no limit). The arbiter leases no more than this,
+        so requests beyond it queue where admission sees them, and draining the model waits only
+        for what it is serving."""
+        return None
+
     def warm_files(self) -> tuple[Path, ...]:
         """The files a "files" park keeps resident."""
         return ()

@@ -26,7 +26,7 @@ class Group:
     model: str
     need_mb: float
     waiting: int
-    oldest: float  # when its oldest waiter arrived
+    oldest: float  # when its longest-waiting request began waiting for the model
     load_s: float = 0.0  # how long its load is expected to take (from RAM or from disk)
     promised: bool = False  # busy models were drained for it: it stays first until it loads
 
@@ -62,12 +62,13 @@ def overdue(group: Group, residents: list[ResidentView], now: float, max_wait_s:
 
 
 def order(groups: list[Group], residents: list[ResidentView], now: float, max_wait_s: float) -> list[Group]:
-    """Overdue groups first (earliest deadline first), then the most waiting requests, then the oldest."""
+    """A group busy models were drained for first, then overdue ones (earliest deadline first), then
+    the most waiting requests, then the oldest."""
 
     def key(group: Group) -> tuple:
         if overdue(group, residents, now, max_wait_s):
-            return (0, deadline(group, residents, max_wait_s), 0, group.oldest)
-        return (1, 0.0, -group.waiting, group.oldest)
+            return (0 if group.promised else 1, deadline(group, residents, max_wait_s), 0, group.oldest)
+        return (2, 0.0, -group.waiting, group.oldest)
 
     return sorted(groups, key=key)
 

@@ -116,7 +116,9 @@ class Events(Protocol):
     def estimated(self, backend: str, ratio: float) -> None: ...
     def evicted(self, model: str, reason: str) -> None: ...
     def waited(self, model: str, seconds: float) -> None: ...
-    def waited_for(self, model: str, reason: str, seconds: float) -> None: ...
+    def waited_for(self, model: str, reason: str, seconds: float, swap_s: float) -> None:
+        """A lease after a wait: `reason` load, drain, queue (deferred to another model's work) or
+        busy (behind its own model's requests); `swap_s` of it until its model was ready for it."""
     def memory(self, used_mb: float, budget_mb: float, per_model_mb: dict[str, float]) -> None: ...
     def warm(self, parked: int, parked_mb: float) -> None: ...
     def placed(self, model: str, rung: str) -> None: ...
@@ -130,7 +132,7 @@ class NoEvents:
     def estimated(self, backend: str, ratio: float) -> None: ...
     def evicted(self, model: str, reason: str) -> None: ...
     def waited(self, model: str, seconds: float) -> None: ...
-    def waited_for(self, model: str, reason: str, seconds: float) -> None: ...
+    def waited_for(self, model: str, reason: str, seconds: float, swap_s: float) -> None: ...
     def memory(self, used_mb: float, budget_mb: float, per_model_mb: dict[str, float]) -> None: ...
     def warm(self, parked: int, parked_mb: float) -> None: ...
     def placed(self, model: str, rung: str) -> None: ...
@@ -150,6 +152,7 @@ class Resident:
     source: str = "disk"  # where its weights came from: "disk" or "ram" (the warm tier)
     fingerprint: tuple = ()  # its files when it loaded (a warm copy made of it is stale once they change)
     host_mb: float = 0.0  # what it holds in system RAM off the device budget
+    slots: int | None = None  # leases it may hold at once: its engine's parallelism (None: no limit)
     refcount: int = 0
     leases: dict[int, float] = field(default_factory=dict)  # lease id -> when it began (expected drain)
     last_used: float = 0.0
@@ -165,6 +168,11 @@ class Resident:
     @property
     def estimate(self) -> MemoryEstimate:
         return self.rung.estimate
+
+    @property
+    def has_slot(self) -> bool:
+        """Ready, and serving fewer requests than its engine serves at once."""
+        return self.state is State.READY and (self.slots is None or self.refcount < self.slots)
 
     def __str__(self) -> str:  # every log line names the model the same way
         pid = self.worker.pid if self.worker else "-"
@@ -189,8 +197,11 @@ class Parked:
 class Waiter:
     spec: BaseSpec
     arrived: float
-    reason: str = "load"  # what it waited for: "load", "queue" (admission held it), "drain"
+    reason: str = "load"  # what kept its model off the device: "load", "queue" (admission held it), "drain"
     error: Exception | None = None  # admission found it can never load
+    away_since: float | None = None  # since when its model has not been serving (None: it is)
+    swap_s: float = 0.0  # time it has waited while its model was off the device or draining
+    was_away: bool = False  # its model was not serving at some point of its wait
 
 
 class Lease:
@@ -338,7 +349,7 @@ class Arbiter:
         if self.closing:
             raise ShuttingDown("the server is shutting down", retry_after_s=5)
         resident = self._residents.get(spec.id)
-        if resident is not None and resident.state is State.READY:
+        if resident is not None and resident.has_slot and spec.id not in self._wanted:
             self._events.waited(spec.id, 0.0)  # every lease is observed, so wait percentiles are honest
             return self._lease(resident, keep_alive_s, 0.0)
         if spec.id not in self._wanted:
@@ -348,10 +359,15 @@ class Arbiter:
             chosen = self.ladder(spec)
             if chosen.chosen is None:
                 raise self._refuse(spec, chosen)
-        if len(self._waiters) >= self._max_queue:
-            raise QueueFull(f"{len(self._waiters)} requests are already waiting for models; try again shortly",
+        # The bound is on requests waiting for loads; a ready model's own queue is its engine's backlog.
+        behind_ready = resident is not None and resident.state is State.READY
+        waiting = sum(1 for w in self._waiters if not self.is_resident(w.spec.id))
+        if not behind_ready and waiting >= self._max_queue:
+            raise QueueFull(f"{waiting} requests are already waiting for models; try again shortly",
                             retry_after_s=self._last_load_s)
         waiter = Waiter(spec, self._clock.now())
+        if not behind_ready:
+            waiter.away_since, waiter.was_away = waiter.arrived, True
         self._waiters.append(waiter)
         self._wanted[spec.id] = self._wanted.get(spec.id, 0) + 1
         self._events.queue(len(self._waiters))
@@ -380,10 +396,14 @@ class Arbiter:
             changed = self._changed
             resident = self._residents.get(spec.id)
             if resident is not None and resident.state is State.READY:
-                waited = self._clock.now() - waiter.arrived
-                self._events.waited(spec.id, waited)
-                self._events.waited_for(spec.id, waiter.reason, waited)
-                return self._lease(resident, keep_alive_s, waited)
+                if resident.has_slot and self._first_waiter(spec.id) is waiter:
+                    waited = self._clock.now() - waiter.arrived
+                    self._events.waited(spec.id, waited)
+                    self._events.waited_for(spec.id, waiter.reason if waiter.was_away else "busy", waited,
+                                            waiter.swap_s)
+                    return self._lease(resident, keep_alive_s, waited)
+                await changed.wait()  # behind the requests its model is serving
+                continue
             attempt = self._attempts.get(spec.id)
             if attempt is not None:
                 await asyncio.shield(attempt)  # a failed load raises here, for every waiter
@@ -392,6 +412,23 @@ class Arbiter:
             if spec.id in self._attempts or waiter.error is not None:
                 continue
             await changed.wait()
+
+    def _set_state(self, resident: Resident, state: State) -> None:
+        """Change a model's state, and clock its waiters' time without it (their swap wait)."""
+        resident.state = state
+        now = self._clock.now()
+        for waiter in self._waiters:
+            if waiter.spec.id != resident.id:
+                continue
+            if state is State.READY and waiter.away_since is not None:
+                waiter.swap_s += now - waiter.away_since
+                waiter.away_since = None
+            elif state is not State.READY and waiter.away_since is None:
+                waiter.away_since, waiter.was_away = now, True
+
+    def _first_waiter(self, model: str) -> Waiter | None:
+        """A model's waiters take its free slots in the order they came."""
+        return next((w for w in self._waiters if w.spec.id == model), None)
 
     # ---- admission: who loads next ------------------------------------------------------------
 
@@ -412,7 +449,7 @@ class Arbiter:
             self._drained_for.add(decision.model)
             for model_id in decision.drain:
                 victim = self._residents[model_id]
-                victim.state = State.DRAINING
+                self._set_state(victim, State.DRAINING)
                 log.info("draining %s: requests for %s reached the aging bound", victim, decision.model)
         elif decision.action == "hold":
             for model_id in decision.held:
@@ -425,22 +462,25 @@ class Arbiter:
             self._notify()
 
     def _groups(self) -> dict[str, admission.Group]:
-        """The requests waiting for models that are not on the device (nor being loaded)."""
+        """The requests waiting for models that are not on the device (nor being loaded). A group's
+        age is its longest swap wait so far: time queued behind its own model's requests before that
+        model left does not count against the aging bound."""
         groups: dict[str, admission.Group] = {}
+        now = self._clock.now()
         for waiter in self._waiters:
             model = waiter.spec.id
             if model in self._residents or model in self._attempts or waiter.error is not None:
                 continue
+            away = waiter.swap_s + (now - waiter.away_since if waiter.away_since is not None else 0.0)
             group = groups.get(model)
             if group is None:
                 need = self._need_of(waiter.spec, self.rung(waiter.spec))
                 source = "ram" if model in self._parked else "disk"
-                groups[model] = admission.Group(model, need, 1, waiter.arrived,
+                groups[model] = admission.Group(model, need, 1, now - away,
                                                 self.expected_load_s(model, source, need),
                                                 promised=model in self._drained_for)
             else:
-                groups[model] = dataclasses.replace(group, waiting=group.waiting + 1,
-                                                    oldest=min(group.oldest, waiter.arrived))
+                groups[model] = dataclasses.replace(group, waiting=group.waiting + 1, oldest=min(group.oldest, now - away))
         return groups
 
     def _mark(self, model: str | None, reason: str) -> None:
@@ -479,7 +519,7 @@ class Arbiter:
         self._attempts[spec.id] = attempt
         self._loading, self._loading_since = spec.id, self._clock.now()
         resident = Resident(spec=spec, rung=rung, mb=self._need_of(spec, rung), keep_alive_s=spec.keep_alive,
-                            source="ram" if parked else "disk")
+                            source="ram" if parked else "disk", slots=rung.plan.parallel())
         self._spawn(self._load(resident, victims, attempt))
 
     def _views(self) -> list[placement.ResidentView]:
@@ -488,7 +528,9 @@ class Arbiter:
                 id=r.id,
                 mb=r.mb,
                 busy=r.refcount > 0 or r.state in (State.LOADING, State.UNLOADING),
-                wanted=r.id in self._wanted,
+                # Waiters about to lease it (it is loading, or has a free slot) protect it; a backlog
+                # queued behind its full slots does not: it may be drained for an overdue model.
+                wanted=r.id in self._wanted and (r.state is not State.READY or r.has_slot),
                 pinned=r.spec.pinned,
                 keep_alive_s=r.keep_alive_s,
                 last_used=r.last_used,
@@ -545,7 +587,7 @@ class Arbiter:
             draining=resident.state is State.DRAINING, unload_requested=resident.unload_requested,
             others_waiting=bool(self._waiters), pinned=resident.spec.pinned, keep_alive_s=resident.keep_alive_s)
         if decision.resume:
-            resident.state = State.READY
+            self._set_state(resident, State.READY)
         if decision.unload:
             self._evict_soon(resident, decision.unload)
         elif decision.expire_in_s is not None:
@@ -637,7 +679,7 @@ class Arbiter:
         self._measured[key] = max(self._measured.get(key, 0.0), measured)
         self._ladders.pop(spec.id, None)  # climbed again with what this load measured
         resident.worker, resident.mb = worker, measured
-        resident.state = State.READY
+        self._set_state(resident, State.READY)
         worker.on_exit(self._on_worker_exit)
         self._account(resident)
         self._settle_over_budget(resident)
@@ -664,7 +706,7 @@ class Arbiter:
         self._spawn(self._unload(resident, reason))
 
     def _begin_unload(self, resident: Resident) -> None:
-        resident.state = State.UNLOADING
+        self._set_state(resident, State.UNLOADING)
         self._cancel_timer(resident)
 
     @staticmethod
@@ -793,7 +835,8 @@ class Arbiter:
         if resident is None or resident.state in (State.UNLOADING, State.LOADING):
             return had_copy
         if resident.refcount > 0:
-            resident.state, resident.unload_requested = State.DRAINING, True
+            self._set_state(resident, State.DRAINING)
+            resident.unload_requested = True
             return True
         await self._unload(resident, "admin")
         return True
@@ -842,8 +885,11 @@ class Arbiter:
         report.update(rung=rung.name, placement=rung.placement, estimate=rung.estimate.breakdown(),
                       need_mb=round(self._need_of(spec, rung), 1), rung_below=below.describe() if below else None)
         if resident is not None and resident.state is State.READY:
-            report.update(verdict="resident", fits_now=True, evict=[], park=[], drop=[], drain=[],
-                          expected_wait_s=0.0)
+            queued = self._wanted.get(spec.id, 0)
+            busy = not resident.has_slot or queued
+            report.update(verdict="resident", fits_now=True, evict=[], park=[], drop=[], drain=[], queued=queued,
+                          expected_wait_s=round(self._drain_s(resident) * (1 + queued // (resident.slots or 1))
+                                                if busy else 0.0, 3))
             return report
         views = self._views()
         groups = self._groups()
@@ -993,6 +1039,8 @@ class Arbiter:
                     "warm_mb": round(self._parked[r.id].mb, 1) if r.id in self._parked else None,
                     "pid": r.worker.pid if r.worker else None,
                     "refcount": r.refcount,
+                    "slots": r.slots,
+                    "queued": self._wanted.get(r.id, 0) if r.state is State.READY else 0,
                     "pinned": r.spec.pinned,
                     "keep_alive_s": -1 if r.keep_alive_s == FOREVER else r.keep_alive_s,  # models.yaml's spelling
                     "expires_in_s": None if r.expires_at is None else round(max(0.0, r.expires_at - now), 3),

@@ -20,7 +20,7 @@ _LOAD = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)  # up to the 
 _TOKEN_GAP = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 # The scheduler's fixed label values.
 SWAP_SOURCES = ("disk", "ram")
-WAIT_REASONS = ("load", "queue", "drain")
+WAIT_REASONS = ("load", "queue", "drain", "busy")
 SWITCH_REASONS = ("idle", "aging")
 FIT_RUNGS = ("full", "context", "offload", "compute", "cpu")
 _RATIO = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 3, 4)  # measured / estimated
@@ -60,8 +60,9 @@ class Metrics:
         # The scheduler: swaps, waits by cause, estimates against measurements, the warm tier, the fit ladder.
         self.swap_in = Histogram("modelyard_model_swap_in_seconds", "Time to bring a model onto the device.",
                                  ["model", "source"], buckets=_LOAD, registry=r)
-        self.wait_reason = Histogram("modelyard_wait_seconds", "Time a request waited for its model, by cause: "
-                                     "load (its own load), queue (deferred to another model's work), drain.",
+        self.wait_reason = Histogram("modelyard_wait_seconds", "Time a request waited for its lease, by cause: "
+                                     "load (its model's load), queue (deferred to another model's work), drain "
+                                     "(busy models making room), busy (behind its own model's requests).",
                                      ["model", "reason"], buckets=_LATENCY, registry=r)
         self.estimate_ratio = Histogram("modelyard_memory_estimate_ratio", "Measured / estimated footprint per load.",
                                         ["backend"], buckets=_RATIO, registry=r)
@@ -133,7 +134,7 @@ class Metrics:
     def swapped_in(self, model: str, source: str, seconds: float) -> None:
         self.swap_in.labels(self.model(model), source).observe(seconds)
 
-    def waited_for(self, model: str, reason: str, seconds: float) -> None:
+    def waited_for(self, model: str, reason: str, seconds: float, swap_s: float = 0.0) -> None:
         self.wait_reason.labels(self.model(model), reason).observe(seconds)
 
     def estimated(self, backend: str, ratio: float) -> None:

@@ -171,7 +171,7 @@ class Recorder(NoEvents):
         self.swaps: list[tuple[str, str]] = []
         self.switch_reasons: list[str] = []
 
-    def waited_for(self, model: str, reason: str, seconds: float) -> None:
+    def waited_for(self, model: str, reason: str, seconds: float, swap_s: float) -> None:
         self.waits.append((model, reason, seconds))
 
     def swapped_in(self, model: str, source: str, seconds: float) -> None:
@@ -825,3 +825,37 @@ async def test_the_dry_run_of_a_model_too_large_for_any_rung_says_never():
     bench = Bench(budget_mb=1000)
     report = bench.arbiter.dry_run(model("huge", 5000))
     assert report["verdict"] == "never" and "whole budget" in report["reason"]
+
+
+# ---- slots: no more leases than the engine serves at once ---------------------------------------------
+
+
+@scenario
+async def test_a_model_leases_no_more_requests_than_its_slots_and_queues_the_rest_in_order():
+    bench = Bench()
+    one = model("one", slots=1)
+    first = await bench.arbiter.acquire(one)
+    later = [asyncio.create_task(bench.arbiter.acquire(one)) for _ in range(3)]
+    await settle()
+    assert bench.resident("one")["refcount"] == 1 and bench.resident("one")["queued"] == 3
+    assert not any(task.done() for task in later)
+    first.release()
+    for index, task in enumerate(later):
+        await settle()
+        assert [t.done() for t in later] == [i <= index for i in range(3)]  # in arrival order, one at a time
+        (await task).release()
+    assert [w[1] for w in bench.events.waits] == ["load", "busy", "busy", "busy"]
+
+
+@scenario
+async def test_a_burst_on_a_one_slot_model_does_not_hold_another_model_past_the_aging_bound():
+    bench = Bench(budget_mb=1000, max_wait_s=30)
+    a, b = model("a", 600, slots=1), model("b", 600)
+    await bench.use(a)
+    burst = [asyncio.create_task(hold_lease(bench, a, 4)) for _ in range(30)]  # 120 s of work, one at a time
+    await bench.clock.advance(9)
+    arrived = bench.clock.now()
+    (await bench.until(bench.arbiter.acquire(b))).release()
+    assert bench.clock.now() - arrived <= 30  # a's backlog waits in the queue; only its current request drains
+    await bench.until(asyncio.gather(*burst), step=5)
+    assert bench.factory.started == ["a", "b", "a"]

@@ -50,6 +50,9 @@ class DiffusionPlan(LoadPlan):
             parts[file.parent.name] = parts.get(file.parent.name, 0.0) + safetensors.bytes_at([file], self.element_bytes) / MIB
         return parts
 
+    def parallel(self) -> int | None:
+        return 1  # one denoising loop at a time
+
     def from_warm(self, location: Path) -> DiffusionPlan:
         return dataclasses.replace(self, path=location, config=None, source="ram",
                                    weight_files=tuple(sorted(location.glob("*/*.safetensors"))))

@@ -32,6 +32,10 @@ class FakePlan(LoadPlan):
     fail_park: str | None = None
     kv_mb_per_1k: float = 0.0
     warm_path: str | None = None  # the parked manifest a resume reads
+    slots: int | None = None
+
+    def parallel(self) -> int | None:
+        return self.slots
 
     def estimate(self) -> MemoryEstimate:
         return MemoryEstimate(weights_mb=self.memory_mb, kv_cache_mb=self.kv_mb_per_1k * self.context_length / 1000,

@@ -60,6 +60,9 @@ class GgufPlan(LoadPlan):
             best = layers
         return best
 
+    def parallel(self) -> int | None:
+        return 1 if self.embedding else self.n_parallel  # embeddings run one call at a time, under a lock
+
     def warm_files(self) -> tuple[Path, ...]:
         return (self.path,)
 

@@ -67,6 +67,9 @@ class HfPlan(LoadPlan):
         return MemoryEstimate(weights_mb=self.weights_bytes / MIB, kv_cache_mb=kv / MIB,
                               activations_mb=activations / MIB, buffers_mb=SLACK_MB, runtime_mb=self.runtime_mb)
 
+    def parallel(self) -> int | None:
+        return 1  # the adapter serves one request at a time (the model and its cache are not shared)
+
     def warm_mb(self) -> float:
         return self.weights_bytes / MIB
 

@@ -34,6 +34,9 @@ class WhisperPlan(LoadPlan):
         return MemoryEstimate(weights_mb=weights, activations_mb=weights * 0.05 * self.beam_size,
                               buffers_mb=BUFFERS_MB, runtime_mb=self.runtime_mb)
 
+    def parallel(self) -> int | None:
+        return 1  # one decoding loop at a time
+
     def warm_mb(self) -> float:
         return self.model_bytes / MIB
 
