@@ -38,7 +38,6 @@ import asyncio
 import math
 import random
 import selectors
-import statistics
 import sys
 import time
 from collections import OrderedDict
@@ -554,7 +553,7 @@ def run(policy_class, trace: list[Request]) -> Stats:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(math.ceil(p / 100 * len(ordered))) - 1)]
+    return ordered[min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def row(name: str, stats: Stats) -> dict[str, Any]:
