@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a model before 503.")
     queue_timeout_s: float = Field(300.0, gt=0, description="Longest a request waits for a model.")
     load_timeout_s: float = Field(600.0, gt=0, description="Longest a model load may take.")
-    unload_timeout_s: float = Field(30.0, gt=0, description="Longest to wait for memory to read free.")
+    unload_timeout_s: float = Field(30.0, gt=0, description="Longest to wait for memory to read free (and for a park).")
     worker_overhead_mb: int | None = Field(
         None, ge=0, description="Runtime cost of one worker process (default: 300 on GPU, 60 on CPU)."
     )
