@@ -782,11 +782,15 @@ class Arbiter:
         self._publish_warm()
 
     def _check_parked(self, spec: BaseSpec) -> None:
-        """Drop a parked copy whose model's files have changed since (it is no longer the model)."""
+        """Drop a parked copy whose model's files have changed since (it is no longer the model), or
+        whose rung no longer fits the budget left by pinned models (the ladder then climbs again)."""
         parked = self._parked.get(spec.id)
-        if parked is not None and not parked.in_use and self._store is not None \
-                and not self._store.fresh(parked.copy, spec):
+        if parked is None or parked.in_use or self._store is None:
+            return
+        if not self._store.fresh(parked.copy, spec):
             self._drop_parked(spec.id, "its files changed")
+        elif self._need_of(spec, parked.rung) > self._room_mb(spec):
+            self._drop_parked(spec.id, "its rung no longer fits the budget")
 
     def _drop_parked(self, model_id: str, why: str = "") -> None:
         parked = self._parked.pop(model_id, None)
