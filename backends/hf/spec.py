@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -40,9 +41,10 @@ class HfSpec(BaseSpec):
     path: Path
     options: HfOptions = HfOptions()
 
-    @property
+    @functools.cached_property
     def capabilities(self) -> frozenset[Capability]:
-        """Chat and completion for a causal LM (plus embeddings when asked); an encoder embeds only."""
+        """Chat and completion for a causal LM (plus embeddings when asked); an encoder embeds only.
+        Read once: a parked model is still served when its files have since gone."""
         if not _is_causal(self._config()):
             return frozenset({Capability.EMBEDDING})
         extra = {Capability.EMBEDDING} if self.options.embedding else set()
