@@ -43,6 +43,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_spine.py
 	$(BIN)/python bench/bench_media.py
+	$(BIN)/python bench/bench_scheduler.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
 
@@ -367,6 +368,18 @@ class ControlMessage(TypedDict):
     id: NotRequired[int]
 
 
+class ParkMessage(TypedDict):
+    """Write the model's warm copy into `dest` (an empty directory in RAM), then wait for stop."""
+
+    op: Literal["park"]
+    id: int
+    dest: str
+
+
+class ParkResult(TypedDict):
+    bytes: int  # what the warm copy takes in RAM
+
+
 class ReadyMessage(TypedDict):
     op: Literal["ready"]
     memory_mb: float  # the adapter's own account of its footprint
@@ -386,13 +399,14 @@ class ErrorReply(TypedDict):
 
 
 class Reply(TypedDict):
-    """Exactly one of c (a chunk), end (the result), err, stats."""
+    """Exactly one of c (a chunk), end (the result), err, stats, parked."""
 
     id: int
     c: NotRequired[dict[str, Any]]
     end: NotRequired[dict[str, Any]]
     err: NotRequired[ErrorReply]
     stats: NotRequired[dict[str, Any]]
+    parked: NotRequired[ParkResult]
 
 
 # ---- adapters ----------------------------------------------------------------------------------
@@ -410,3 +424,10 @@ class Adapter(Protocol):
         """Counters for observability and tests; text engines include tokens_generated."""
 
     def close(self) -> None: ...
+
+
+class Parkable(Protocol):
+    """An adapter whose plan parks as a "bundle" (backends/plan.py) also has park()."""
+
+    def park(self, dest: Path) -> int:
+        """Write what a fresh worker needs to load this model into `dest`; the bytes written."""

@@ -8,9 +8,10 @@ adapter's own memory account) or `load_error`, then serves:
 
   in:  {"op": "call", "id": 7, "method": "chat", "params": {...}}
        {"op": "cancel", "id": 7}   {"op": "stats", "id": 8}   {"op": "stop"}
+       {"op": "park", "id": 9, "dest": "/dev/shm/..."}   write the warm copy (the server stops us after)
   out: {"id": 7, "c": {...}}  one chunk      {"id": 7, "end": {...}}  the result
        {"id": 7, "err": {"kind": "invalid" | "backend" | "contract", "message": ..., "param": ..., "code": ...}}
-       {"id": 8, "stats": {...}}
+       {"id": 8, "stats": {...}}   {"id": 9, "parked": {"bytes": ...}}
 
 Each call runs in its own thread so cancels and stats are read while a model generates; an adapter
 that cannot serve two requests at once serialises them itself. When the server goes away the
@@ -30,6 +31,7 @@ import socket
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 from backends.contract import (
@@ -41,6 +43,7 @@ from backends.contract import (
     Handshake,
     InvalidInput,
     LoadErrorMessage,
+    ParkMessage,
     ReadyMessage,
     Reply,
     decode_params,
@@ -71,6 +74,8 @@ class Connection:
 def load_adapter(handshake: Handshake) -> Adapter:
     """The plan's engine, loaded exactly as planned."""
     plan: LoadPlan = _named(handshake["plan_type"]).from_json(handshake["plan"])
+    if plan.device == "cpu":  # a CPU plan beside a GPU (the fit ladder's last rung) opens no CUDA context
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     return _named(plan.adapter)(plan)
 
 
@@ -102,6 +107,19 @@ class Worker:
                     cancel.set()
             elif op == "stats":
                 self.conn.send({"id": message["id"], "stats": self._stats()})
+            elif op == "park":  # in a thread: writing gigabytes must not stall the control channel
+                threading.Thread(target=self._park, args=(message,), daemon=True).start()
+
+    def _park(self, message: ParkMessage) -> None:
+        try:
+            park = getattr(self.adapter, "park", None)
+            if park is None:
+                raise ContractError("this engine does not park")
+            written = park(Path(message["dest"]))
+            self.conn.send({"id": message["id"], "parked": {"bytes": int(written)}})
+        except Exception as exc:
+            log.error("parking failed: %s", traceback.format_exc())
+            self.conn.send({"id": message["id"], "err": {"kind": "backend", "message": f"{type(exc).__name__}: {exc}"}})
 
     def _stats(self) -> dict[str, Any]:
         return {"active": len(self.cancels), "memory_mb": self.adapter.memory_mb(), **self.adapter.stats()}

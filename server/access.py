@@ -13,7 +13,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.errors import BackendError, error_response
 
 log = logging.getLogger("modelyard.access")
-_MODEL = "modelyard.model"  # the one per-request value a route hands back to this middleware
+_MODEL = "modelyard.model"  # the per-request values a route hands back to this middleware
+_PLACEMENT = "modelyard.placement"
 
 
 def note_model(request: Request, model_id: str) -> None:
@@ -23,6 +24,11 @@ def note_model(request: Request, model_id: str) -> None:
     returns; the request's state (shared by every copy of its scope) is where they meet.
     """
     request.scope["state"][_MODEL] = model_id
+
+
+def note_placement(request: Request, placement: str) -> None:
+    """The fit-ladder rung the request's model serves at, sent as `x-modelyard-placement`."""
+    request.scope["state"][_PLACEMENT] = placement
 
 
 class AccessMiddleware:
@@ -47,7 +53,10 @@ class AccessMiddleware:
             nonlocal started_response
             if message["type"] == "http.response.start":
                 status, started_response = message["status"], True
-                MutableHeaders(scope=message)["x-request-id"] = request_id
+                headers = MutableHeaders(scope=message)
+                headers["x-request-id"] = request_id
+                if _PLACEMENT in state:
+                    headers["x-modelyard-placement"] = state[_PLACEMENT]
             await send(message)
 
         try:

@@ -19,7 +19,7 @@ from starlette.responses import StreamingResponse
 from backends.capability import Capability
 from backends.contract import Params
 from backends.spec import BaseSpec
-from server.access import note_model
+from server.access import note_model, note_placement
 from server.arbiter import Lease
 from server.errors import ClientDisconnected, ModelyardError, error_body
 from server.services import services_of
@@ -82,6 +82,7 @@ class Generation:
         async def start() -> Generation:
             started = time.perf_counter()
             lease = await services_of(request).arbiter.acquire(spec, keep_alive)
+            note_placement(request, lease.placement)
             calls: list[Call] = []
             try:
                 calls = [await lease.worker.call(p) for p in params]

@@ -49,10 +49,18 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a model before 503.")
     queue_timeout_s: float = Field(300.0, gt=0, description="Longest a request waits for a model.")
     load_timeout_s: float = Field(600.0, gt=0, description="Longest a model load may take.")
-    unload_timeout_s: float = Field(30.0, gt=0, description="Longest to wait for memory to read free.")
+    unload_timeout_s: float = Field(30.0, gt=0, description="Longest to wait for memory to read free (and for a park).")
     worker_overhead_mb: int | None = Field(
         None, ge=0, description="Runtime cost of one worker process (default: 300 on GPU, 60 on CPU)."
     )
+    # The scheduler (issue 9): the warm tier and swap-minimising admission.
+    ram_budget_mb: int | None = Field(
+        None, ge=0, description="System RAM for parked models (the warm tier); 0 turns parking off "
+        "(default: half the RAM beside a GPU, a quarter without one).")
+    park_dir: Path = Field(Path("/dev/shm"), description="A RAM file system for parked models' copies.")
+    max_wait_s: float = Field(
+        30.0, ge=0, le=86400, description="Aging bound: past it, a request's model is swapped in even if "
+        "busy models must drain; below it, the resident model keeps serving its own queue (0: swap at once).")
     shutdown_grace_s: float = Field(30.0, ge=0, description="How long in-flight requests may finish.")
     log_level: str = Field("info", description="Log level.")
 

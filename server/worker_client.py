@@ -131,6 +131,7 @@ class WorkerProcess:
         self._calls: dict[int, Call] = {}
         self._ids = itertools.count(1)
         self._stats: dict[int, asyncio.Future] = {}
+        self._parks: dict[int, asyncio.Future] = {}  # park requests awaiting their "parked" or "err"
         self.reported_mb = 0.0
         self.exited = asyncio.Event()
         self.stopping = False
@@ -168,6 +169,8 @@ class WorkerProcess:
                     future = self._stats.pop(call_id, None)
                     if future and not future.done():
                         future.set_result(message["stats"])
+                elif call_id in self._parks:
+                    self._parks.pop(call_id).set_result(message)
                 elif (call := self._calls.get(call_id)) is not None:
                     call._deliver(message)
         except (ConnectionError, ValueError) as exc:
@@ -189,7 +192,7 @@ class WorkerProcess:
         for call in list(self._calls.values()):
             call._deliver(error)
         self._calls.clear()
-        for future in self._stats.values():
+        for future in (*self._stats.values(), *self._parks.values()):
             if not future.done():
                 future.set_exception(WorkerGone())
         self.exited.set()
@@ -222,6 +225,18 @@ class WorkerProcess:
         self._stats[call_id] = future
         await self._send({"op": "stats", "id": call_id})
         return await asyncio.wait_for(future, timeout)
+
+    async def park(self, dest: Path) -> int:
+        """Have the engine write its warm copy into `dest`; the bytes it takes. The caller bounds
+        the time and stops the worker afterwards, whatever happened."""
+        call_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._parks[call_id] = future
+        await self._send({"op": "park", "id": call_id, "dest": str(dest)})
+        reply = await future
+        if "err" in reply:
+            raise _map_error(reply["err"], self.label)
+        return int(reply["parked"]["bytes"])
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Ask politely, then kill; returns once the process is reaped."""

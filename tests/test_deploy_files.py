@@ -199,7 +199,9 @@ def test_grafana_provisions_the_datasource_and_dashboard_it_uses():
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
     for shown in ("request rate", "errors", "latency", "first token", "tokens/s", "running and waiting",
-                  "resident models", "memory against the budget", "loads", "evictions", "image", "transcription"):
+                  "resident models", "memory against the budget", "loads", "evictions", "image", "transcription",
+                  "swap-in time by source", "wait for a model by reason", "warm tier", "estimate error",
+                  "fit rung", "swaps"):
         assert shown in titles, shown
 
 

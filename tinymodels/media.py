@@ -94,7 +94,8 @@ def _tiny_vae():
                          sample_size=32)
 
 
-def build_sd(out: Path) -> None:
+def build_sd(out: Path, unet_channels: tuple[int, ...] = (8, 16), norm_groups: int = 4) -> None:
+    """The demo pipeline; bench/bench_warm.py makes one with a larger UNet."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -103,9 +104,9 @@ def build_sd(out: Path) -> None:
     out.mkdir(parents=True)
     tokenizer, text_config = _clip_parts(out.parent / "clip-vocab")
     unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16,
+        block_out_channels=unet_channels, layers_per_block=1, sample_size=16,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=2)
+        cross_attention_dim=16, norm_num_groups=norm_groups, attention_head_dim=2)
     pipe = StableDiffusionPipeline(
         vae=_tiny_vae(), text_encoder=CLIPTextModel(text_config()), tokenizer=tokenizer, unet=unet,
         scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
@@ -159,7 +160,8 @@ def _whisper_tokenizer():
                                    eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
-def build_whisper(out: Path) -> None:
+def build_whisper(out: Path, d_model: int = 64, layers: int = 1, heads: int = 2) -> None:
+    """The demo Whisper; bench/bench_warm.py makes a larger one of the same kind."""
     import torch
     from ctranslate2.converters import TransformersConverter
     from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
@@ -169,8 +171,9 @@ def build_whisper(out: Path) -> None:
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in whisper_specials()}
     assert ids["<|notimestamps|>"] == 50363, ids["<|notimestamps|>"]
     config = WhisperConfig(
-        vocab_size=_MULTILINGUAL_VOCAB, num_mel_bins=80, d_model=64, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        vocab_size=_MULTILINGUAL_VOCAB, num_mel_bins=80, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=d_model * 2,
+        decoder_ffn_dim=d_model * 2,
         max_source_positions=1500, max_target_positions=448, pad_token_id=ids["<|endoftext|>"],
         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
         decoder_start_token_id=ids["<|startoftranscript|>"])

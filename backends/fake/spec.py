@@ -25,6 +25,11 @@ class FakeOptions(BaseModel):
     hang_generation: bool = False
     context_length: int = Field(4096, ge=16)
     allocate: bool = Field(False, description="Really allocate memory_mb (measured memory is real).")
+    resume_seconds: float = Field(0.0, ge=0, le=3600, description="Load time from the warm tier.")
+    park_seconds: float = Field(0.0, ge=0, le=3600, description="Time to park (write the warm copy).")
+    fail_park: str | None = Field(None, description="Parking fails with this message.")
+    kv_mb_per_1k: float = Field(0.0, ge=0, description="Simulated KV cache per 1000 tokens of context.")
+    slots: int | None = Field(None, ge=1, description="Requests served at once (none: no limit).")
 
 
 class FakeSpec(BaseSpec):

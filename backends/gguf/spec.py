@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backends.capability import Capability
 from backends.gguf.file import GgufFile, GgufFileError
 from backends.gguf.plan import GgufPlan
-from backends.plan import Device
-from backends.spec import BaseSpec
+from backends.plan import Device, LoadPlan
+from backends.spec import BaseSpec, Rung
 
 DEFAULT_CONTEXT = 4096  # long-context files would otherwise reserve GiBs of cache no local request uses
 
@@ -41,6 +42,10 @@ class GgufSpec(BaseSpec):
     backend: Literal["gguf"]
     path: Path
     options: GgufOptions = GgufOptions()
+
+    supported_fit: ClassVar[frozenset[str]] = frozenset({"context", "offload", "cpu"})
+    # What users do by hand for a 13B+ GGUF on a 12 GB card, on by default (llama.cpp's --fit too).
+    default_fit: ClassVar[tuple[Rung, ...]] = ("context", "offload", "cpu")
 
     @property
     def capabilities(self) -> frozenset[Capability]:
@@ -73,4 +78,19 @@ class GgufSpec(BaseSpec):
             n_threads=self.options.n_threads or max(cores // 2, 1), n_threads_batch=self.options.n_threads or cores,
             n_parallel=self.options.n_parallel, chat_template=self.options.chat_template,
             embedding=self.options.embedding, rerank=self.options.rerank, file_bytes=size,
-            kv_bytes_per_token=info.kv_cache_bytes(1) if info else 0)
+            kv_bytes_per_token=info.kv_cache_bytes(1) if info else 0,
+            layer_bytes=info.tensors.layers if info else (), output_bytes=info.tensors.output if info else 0,
+            input_bytes=info.tensors.input if info else 0)
+
+    def fitted(self, plan: LoadPlan, rung: Rung, room_mb: float, device: Device) -> LoadPlan | None:
+        if rung != "offload":
+            return super().fitted(plan, rung, room_mb, device)
+        if not isinstance(plan, GgufPlan) or plan.device != "cuda":
+            return None
+        layers = plan.offload_split(room_mb)
+        return None if layers is None else dataclasses.replace(plan, n_gpu_layers=layers)
+
+    def rung_detail(self, rung: str, plan: LoadPlan) -> str:
+        if rung == "offload" and isinstance(plan, GgufPlan):
+            return f"n_gpu_layers={plan.n_gpu_layers}/{len(plan.layer_bytes) + 1}"
+        return super().rung_detail(rung, plan)

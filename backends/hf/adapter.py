@@ -17,9 +17,10 @@ import math
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from backends import text
+from backends import bundle, text
 from backends.contract import (
     Cancel,
     ChatParams,
@@ -110,6 +111,17 @@ class HfTextAdapter:
         return {"tokens_generated": self._tokens_generated, "requests": self._requests,
                 "weights_bytes": self.model.get_memory_footprint(), "dtype": self.plan.dtype,
                 "quantization": self.plan.quantization, "device": self.plan.device, "context_length": self.context}
+
+    def park(self, dest: Path) -> int:
+        """Write the model as loaded (bitsandbytes weights stay quantized) with its tokenizer, as a
+        directory a fresh worker loads without the original files. GPTQ weights are stored
+        quantized already, so their files are copied as they are."""
+        with self._lock:
+            if self.plan.quantization == "gptq":
+                return bundle.copy_files(self.plan.path, dest)
+            self.model.save_pretrained(dest, safe_serialization=True)
+            self.tokenizer.save_pretrained(dest)
+        return bundle.size_of(dest)
 
     def close(self) -> None:
         self.model = None

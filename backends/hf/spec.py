@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -41,10 +42,10 @@ class HfSpec(BaseSpec):
     path: Path
     options: HfOptions = HfOptions()
 
-    @property
+    @functools.cached_property
     def capabilities(self) -> frozenset[Capability]:
         """Chat and completion for a causal LM (plus embeddings when asked); a cross-encoder reranks;
-        another encoder embeds."""
+        another encoder embeds. Read once: a parked model is still served when its files have since gone."""
         config = self._config()
         if _is_reranker(config):
             return frozenset({Capability.RERANK})
