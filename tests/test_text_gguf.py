@@ -351,10 +351,19 @@ def test_hostile_chat_template_is_refused_by_the_sandbox(s):
     assert "chat template" in caught.value.message and "unsafe" in caught.value.message
 
 
-def test_models_list_reports_context_and_capabilities(s):
-    listed = {m["id"]: m for m in s.http.get("/v1/models").json()["data"]}
-    assert listed["llama"]["max_model_len"] == 1024
+def test_models_list_reports_context_capabilities_state_and_memory(s):
+    listed = {m.id: m.model_extra for m in s.client().models.list()}
+    llama = listed["llama"]
+    # n_ctx 1024 allocated of the 2048 the file was trained for
+    assert llama["context_length"] == llama["max_model_len"] == 1024 and llama["max_context_length"] == 2048
+    assert llama["capabilities"] == ["chat", "completion", "fim", "tools"]
+    assert listed["nofim"]["capabilities"] == ["chat", "completion", "tools"]
     assert listed["embed"]["capabilities"] == ["embedding"]
+    assert all(m["memory_estimate_mb"] > 0 for m in listed.values())
+    chat(s, max_tokens=1)
+    one = s.client().models.retrieve("llama").model_extra
+    assert one["state"] == "loaded" and one["context_length"] == 1024
+    assert {m["state"] for m in listed.values()} <= {"loaded", "unloaded", "parked"}
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty"])

@@ -71,7 +71,9 @@ class GgufSpec(BaseSpec):
         cores = os.cpu_count() or 1
         size = info.size_bytes if info else (self.path.stat().st_size if self.path.exists() else 0)
         return GgufPlan(
-            **self.base_plan(device, context_length=n_ctx, on="cuda" if device.kind == "cuda" and layers else "cpu"),
+            **self.base_plan(device, context_length=n_ctx, on="cuda" if device.kind == "cuda" and layers else "cpu",
+                             max_context_length=max(trained, n_ctx)),
+            fim=bool(info and not self.options.embedding and not self.options.rerank and info.fim_tokens()),
             path=self.path, n_gpu_layers=layers,
             # Unset, llama-cpp-python's defaults: half the cores per token, every core per batch. Set,
             # batches follow it (all cores stalled batched steps 100x on a busy machine).

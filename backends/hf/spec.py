@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from backends import safetensors
 from backends.capability import Capability
 from backends.hf.plan import DTYPE_BYTES, HfPlan, HfRerankPlan, Shape
+from backends.hf.tokens import fim_in_files
 from backends.plan import Device
 from backends.spec import BaseSpec, pick_device
 
@@ -81,7 +82,8 @@ class HfSpec(BaseSpec):
         context = self.context_length or min(trained, DEFAULT_CONTEXT)
         plan, extra = (HfRerankPlan, {"batch": RERANK_BATCH}) if reranker else (HfPlan, {})
         return plan(
-            **self.base_plan(device, context_length=context, on=on), **extra, path=self.path, dtype=dtype,
+            **self.base_plan(device, context_length=context, on=on, max_context_length=max(trained, context)),
+            **extra, path=self.path, dtype=dtype, fim=causal and fim_in_files(self.path),
             quantization=quantization, bnb_4bit_quant_type=self.options.bnb_4bit_quant_type,
             bnb_4bit_compute_dtype=dtype if compute == "auto" else compute, double_quant=self.options.double_quant,
             chat_template=self.options.chat_template, causal=causal,
