@@ -15,7 +15,8 @@ from typing import cast
 
 from backends.contract import TextChunk, TextResult, TokenLogprob
 from server.generation import Generation
-from server.tool_syntax import Parser, Text, ToolCall, ToolFormat, parser_for
+from backends.tools import ToolFormat
+from server.tool_syntax import Parser, Text, ToolCall, parser_for
 
 
 @dataclass(frozen=True)

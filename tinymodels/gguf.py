@@ -14,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from tinymodels import is_current, stamp
+from tinymodels.tools import TOOL_CLOSE, TOOL_OPEN, TOOLS_TEMPLATE
+
 CHAT_FILE = "tiny-llama.gguf"
 EMBED_FILE = "tiny-embed.gguf"
 RERANK_FILE = "tiny-rerank.gguf"
 
-# ChatML-style, with tools and tool results, so the tool-call round trip renders like a real model's.
-CHAT_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\nYou may call these tools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% endif %}"
-    "{% if m.get('tool_calls') %}{{ m['tool_calls'] | tojson }}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# ChatML with Hermes/Qwen tool calls, so tools render and calls parse as with a real Qwen model.
+CHAT_TEMPLATE = TOOLS_TEMPLATE
+# 2: the tool-call markers are the last two tokens (user-defined: text the detokenizer shows).
+CHAT_VERSION = 2
 
 # Control tokens after <unk> <s> </s>; the FIM ids go into the metadata (llama.cpp reads them from there).
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
@@ -51,6 +50,10 @@ def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2,
         raise ValueError(f"vocab must be at least {len(tokens)}")
     tokens += [f"\u2581w{i}" for i in range(filler)]  # ordinary pieces, only to reach the size asked
     types += [gguf.TokenType.NORMAL] * filler
+    if chat_template and TOOL_OPEN in chat_template and filler >= 2:
+        # The last two ids, so every other token keeps its id (and its weights) from before.
+        tokens[-2:] = [TOOL_OPEN, TOOL_CLOSE]
+        types[-2:] = [gguf.TokenType.USER_DEFINED] * 2
     scores = [0.0] * (3 + len(SPECIAL) + 256) + [-1.0] + [-float(i + 2) for i in range(filler)]
 
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -166,9 +169,9 @@ def write_bert_reranker(source: Path, path: Path) -> None:
     writer.close()
 
 
-def build_file(target: Path, write: Callable[[Path], None] | None = None, **kwargs) -> Path:
+def build_file(target: Path, write: Callable[[Path], None] | None = None, version: int = 1, **kwargs) -> Path:
     """Write to a temp file beside `target`, then rename: a half-written model is never used."""
-    if target.exists():
+    if is_current(target, version):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
@@ -179,6 +182,8 @@ def build_file(target: Path, write: Callable[[Path], None] | None = None, **kwar
         else:
             write(Path(tmp))
         shutil.move(tmp, target)
+        if version > 1:
+            stamp(target, version).touch()
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -188,7 +193,7 @@ def build_file(target: Path, write: Callable[[Path], None] | None = None, **kwar
 def build(root: Path) -> None:
     from tinymodels import hf
 
-    build_file(root / CHAT_FILE)
+    build_file(root / CHAT_FILE, version=CHAT_VERSION)
     build_file(root / EMBED_FILE, dim=32, layers=1, heads=2, fim=False, chat_template=None, pooling=True, seed=1)
     hf.build_reranker(root)
     build_file(root / RERANK_FILE, lambda tmp: write_bert_reranker(root / hf.RERANK_DIR, tmp))

@@ -9,11 +9,13 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from backends import tools
 from backends.capability import Capability
 from backends.gguf.file import GgufFile, GgufFileError
 from backends.gguf.plan import GgufPlan
 from backends.plan import Device, LoadPlan
 from backends.spec import BaseSpec, Rung
+from backends.tools import ToolFormatOption
 
 DEFAULT_CONTEXT = 4096  # long-context files would otherwise reserve GiBs of cache no local request uses
 
@@ -28,6 +30,7 @@ class GgufOptions(BaseModel):
     n_threads: int | None = Field(None, ge=1, le=512, description="Also used for prompts and batched steps.")
     n_parallel: int = Field(4, ge=1, le=64, description="Requests decoded together in one batch (shared KV pool).")
     chat_template: str | None = Field(None, max_length=200_000, description="Overrides the GGUF's template.")
+    tool_format: ToolFormatOption = Field("auto", description="Tool-call syntax; auto: the one the template teaches.")
     embedding: bool = Field(False, description="Serve /v1/embeddings (pooled) instead of text generation.")
     rerank: bool = Field(False, description="Serve /v1/rerank with the file's classification head (rank pooling).")
 
@@ -73,6 +76,8 @@ class GgufSpec(BaseSpec):
         return GgufPlan(
             **self.base_plan(device, context_length=n_ctx, on="cuda" if device.kind == "cuda" and layers else "cpu",
                              max_context_length=max(trained, n_ctx)),
+            tool_format=None if self.options.embedding or self.options.rerank else tools.chosen(
+                self.options.tool_format, self.options.chat_template or (info.chat_template if info else None)),
             fim=bool(info and not self.options.embedding and not self.options.rerank and info.fim_tokens()),
             path=self.path, n_gpu_layers=layers,
             # Unset, llama-cpp-python's defaults: half the cores per token, every core per batch. Set,

@@ -9,12 +9,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backends import safetensors
+from backends import safetensors, tools
 from backends.capability import Capability
 from backends.hf.plan import DTYPE_BYTES, HfPlan, HfRerankPlan, Shape
-from backends.hf.tokens import fim_in_files
+from backends.hf.tokens import fim_in_files, template_in_files
 from backends.plan import Device
 from backends.spec import BaseSpec, pick_device
+from backends.tools import ToolFormatOption
 
 DEFAULT_CONTEXT = 8192  # long-context models would otherwise reserve GiBs of cache no local request uses
 RERANK_BATCH = 16
@@ -34,6 +35,7 @@ class HfOptions(BaseModel):
     bnb_4bit_compute_dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     double_quant: bool = Field(False, description="bitsandbytes nested quantization of the 4-bit scales.")
     chat_template: str | None = Field(None, max_length=100_000, description="Overrides the tokenizer's template.")
+    tool_format: ToolFormatOption = Field("auto", description="Tool-call syntax; auto: the one the template teaches.")
     embedding: bool = Field(False, description="Also serve pooled embeddings (mean over the last hidden state).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -84,6 +86,8 @@ class HfSpec(BaseSpec):
         return plan(
             **self.base_plan(device, context_length=context, on=on, max_context_length=max(trained, context)),
             **extra, path=self.path, dtype=dtype, fim=causal and fim_in_files(self.path),
+            tool_format=tools.chosen(self.options.tool_format, self.options.chat_template or template_in_files(self.path))
+            if causal else None,
             quantization=quantization, bnb_4bit_quant_type=self.options.bnb_4bit_quant_type,
             bnb_4bit_compute_dtype=dtype if compute == "auto" else compute, double_quant=self.options.double_quant,
             chat_template=self.options.chat_template, causal=causal,

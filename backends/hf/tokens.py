@@ -39,6 +39,23 @@ def fim_in_files(path: Path) -> bool:
     return any(all(t in names for t in triple) for triple in FIM_TOKENS)
 
 
+def template_in_files(path: Path) -> str | None:
+    """The checkpoint's default chat template, as transformers finds it: chat_template.jinja, else
+    tokenizer_config.json's `chat_template` (a string, or named templates with a "default")."""
+    try:
+        return (path / "chat_template.jinja").read_text()
+    except OSError:
+        pass
+    try:
+        template = json.loads((path / "tokenizer_config.json").read_text()).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
+
+
 class Detokenizer:
     """Incremental decoding that never emits half a UTF-8 character or a wrong leading space."""
 

@@ -19,7 +19,8 @@ from server.protocol import logprobs as lp
 from server.protocol import tools
 from server.protocol.common import new_id, now, usage
 from server.services import services_of
-from server.tool_syntax import ToolCall, ToolFormat
+from backends.tools import ToolFormat
+from server.tool_syntax import ToolCall
 
 router = APIRouter()
 
