@@ -1,4 +1,5 @@
-"""CLI: modelyard serve | ps | unload. Thin: flags mirror the settings model."""
+"""CLI: modelyard serve | ps | unload (here) and pull | add | models | doctor (server/commands.py).
+Thin: flags mirror the settings model."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import typing
 
 import httpx
 
+from server import commands as model_commands
 from server.settings import Settings
 
 
@@ -93,12 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         add_settings_flags(sub)
         if name == "unload":
             sub.add_argument("model")
+    for name, help_text in model_commands.COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text)
+        add_settings_flags(sub)
+        model_commands.add_arguments(name, sub)
     args = parser.parse_args(argv)
     settings = settings_from(args)
     if args.command == "serve":
         return serve(settings)
     if args.command == "ps":
         return ps(settings)
+    if args.command in model_commands.COMMANDS:
+        return model_commands.run(args.command, args, settings)
     return unload(settings, args.model)
 
 

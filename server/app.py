@@ -16,6 +16,7 @@ from server import errors
 from server.access import AccessMiddleware
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
+from server.discovery import store_roots
 from server.imagestore import ImageStore
 from server.memory import MemoryProbe, default_budget_mb, detect_device
 from server.metrics import Metrics
@@ -38,9 +39,11 @@ class ConfigError(Exception):
 
 
 def allowed_model_dirs(settings: Settings) -> list[Path]:
+    """MODELYARD_MODEL_DIRS, or by default: the registry's directory, the demo cache and the stores
+    `pull` downloads into and `models --discover` reads (Hugging Face cache, Ollama, LM Studio)."""
     if settings.model_dirs:
         return [Path(d).expanduser() for d in settings.model_dirs]
-    return [settings.models.resolve().parent, settings.cache_dir.expanduser()]
+    return [settings.models.resolve().parent, settings.cache_dir.expanduser(), *store_roots()]
 
 
 def check_exposure(settings: Settings) -> None:
