@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import errors
+from server import errors, gateway
 from server.access import AccessMiddleware
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
@@ -80,6 +80,9 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
         app.state.services = services = Services(settings, registry, arbiter, metrics, probe, device, images,
                                                  ScratchDir(), int(time.time()))
         metrics.memory(0.0, budget, {})
+        specs = {spec.id: spec for spec in registry}
+        metrics.watch_gateway(gateway.GatewayCollector(
+            lambda: gateway.occupancy(arbiter.snapshot(), specs, lambda spec: arbiter.plan(spec)[0])))
         for spec in registry:
             if spec.pinned:  # a pinned model is meant to be ready before the first request
                 arbiter.preload(spec)

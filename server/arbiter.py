@@ -542,6 +542,7 @@ class Arbiter:
             "used_mb": self.used_mb,
             "peak_mb": self.peak_mb,
             "waiting": self._waiting,
+            "wanted": sorted(self._wanted),  # models requests are waiting for
             "loading": self.loading(),
             "loads": self.loads,
             "evictions": dict(self.evictions),
