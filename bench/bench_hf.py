@@ -50,14 +50,21 @@ def entry(fmt: str, **options) -> dict:
 
 
 def median_rate(run, tokens: int, rounds: int) -> float:
-    run()  # warm up: first-call allocations, kernel selection, graph capture
-    times = []
+    return median_rates({"run": run}, tokens, rounds)["run"]
+
+
+def median_rates(runs: dict, tokens: int, rounds: int) -> dict[str, float]:
+    """Tokens/s of each run, rounds interleaved (a busy machine slows every contender alike), medians."""
+    for run in runs.values():
+        run()  # warm up: first-call allocations, kernel selection, graph capture
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
-        started = time.perf_counter()
-        produced = run()
-        assert produced == tokens, f"expected {tokens} tokens, got {produced}"
-        times.append(time.perf_counter() - started)
-    return tokens / statistics.median(times)
+        for name, run in runs.items():
+            started = time.perf_counter()
+            produced = run()
+            assert produced == tokens, f"{name}: expected {tokens} tokens, got {produced}"
+            times[name].append(time.perf_counter() - started)
+    return {name: tokens / statistics.median(seconds) for name, seconds in times.items()}
 
 
 def in_process(model: dict, tokens: int, rounds: int, kinds: list[str]) -> dict[str, float]:
@@ -79,7 +86,11 @@ def in_process(model: dict, tokens: int, rounds: int, kinds: list[str]) -> dict[
                                          pad_token_id=eos[0] if eos else None)
         return int(out.shape[1] - prompt.shape[1])
 
-    def loop() -> int:
+    decoders = {kind: make_decoder(kind, torch, adapter.model, adapter._cache_arg, adapter._keep_arg,
+                                   adapter.context) for kind in kinds}
+
+    def loop(kind: str) -> int:
+        adapter.decoder = decoders[kind]
         params = ChatParams(messages=MESSAGES, max_tokens=tokens, temperature=0.0, logit_bias=EOS_BAN)
         chunks = adapter.chat(params, Cancel())
         try:
@@ -88,11 +99,8 @@ def in_process(model: dict, tokens: int, rounds: int, kinds: list[str]) -> dict[
         except StopIteration as done:
             return done.value["usage"]["completion_tokens"]
 
-    rates = {"generate": median_rate(generate, tokens, rounds)}
-    for kind in kinds:
-        adapter.decoder = make_decoder(kind, torch, adapter.model, adapter._cache_arg, adapter._keep_arg,
-                                       adapter.context)
-        rates[f"loop/{kind}"] = median_rate(loop, tokens, rounds)
+    runs = {"generate": generate, **{f"loop/{kind}": (lambda kind=kind: loop(kind)) for kind in kinds}}
+    rates = median_rates(runs, tokens, rounds)
     adapter.close()
     return rates
 
@@ -132,7 +140,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--port", type=int, default=18432)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads here and in the server's workers (OMP_NUM_THREADS); default: torch's. "
+                             "On a busy 2-core machine 2 threads spin against each other: 1 is steadier")
     args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch is imported, here and in workers
     formats = args.formats.split(",")
     tiny_hf.build(DEFAULT_ROOT)
     device = detect_device(MemoryProbe(), 0)
@@ -141,7 +154,10 @@ def main() -> None:
     for fmt, rate in served(formats, args.tokens, args.rounds, args.port).items():
         table[fmt]["served"] = rate
     columns = ["generate", *[f"loop/{k}" for k in kinds], "served"]
-    print(f"\nHF decode, {args.tokens} new tokens, greedy, tokens/s (median of {args.rounds}), on {device.kind}")
+    import torch
+
+    print(f"\nHF decode, {args.tokens} new tokens, greedy, tokens/s (median of {args.rounds}, rounds interleaved), "
+          f"on {device.kind}, {torch.get_num_threads()} torch threads")
     print(f"machine: {describe()}")
     print(f"{'model':8}" + "".join(f"{c:>18}" for c in columns) + f"{'loop/generate':>16}")
     for fmt, rates in table.items():
