@@ -41,7 +41,8 @@ $(STAMP): pyproject.toml
 ifeq ($(ACCEL),cuda)
 	CMAKE_ARGS="-DGGML_CUDA=on $(CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[$(EXTRAS),gpu]'
 	$(LLAMA_GPU) || CMAKE_ARGS="-DGGML_CUDA=on $(CMAKE_ARGS)" $(REBUILD_LLAMA)
-	$(LLAMA_GPU) && echo "modelyard: llama-cpp-python is built with CUDA"
+	$(LLAMA_GPU) && echo "modelyard: llama-cpp-python is built with CUDA" || \
+	  echo "modelyard: WARNING: llama-cpp-python still lacks CUDA after the rebuild (see pip's output above)"
 else
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	! $(LLAMA_GPU) || CMAKE_ARGS="-DGGML_CUDA=off" $(REBUILD_LLAMA)

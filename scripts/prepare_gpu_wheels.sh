@@ -82,10 +82,11 @@ fi
 STAGE=$OUT/.staging
 run mkdir -p "$STAGE"
 
-# What the device lacks (seen 2026-11-27), pinned to what this venv runs.
-PACKAGES="fastapi starlette uvicorn h11 sse-starlette pydantic-settings python-dotenv python-multipart httpx
-  gguf llguidance jinja2 faster-whisper ctranslate2 av soundfile tokenizers onnxruntime bitsandbytes diffusers
-  optimum huggingface_hub ruamel.yaml openai jiter distro pytest-timeout psutil"
+# What the device lacks (seen 2026-11-27), pinned to what this venv runs. Not carried: what its own
+# torch and transformers depend on (tokenizers, huggingface_hub, safetensors), which must stay theirs.
+PACKAGES="fastapi starlette uvicorn h11 sse-starlette pydantic-settings python-dotenv python-multipart
+  gguf llguidance faster-whisper ctranslate2 av soundfile bitsandbytes diffusers optimum ruamel.yaml openai jiter
+  distro pytest-timeout psutil"
 pins=""
 for pkg in $PACKAGES; do
   version=$("$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$pkg" 2>/dev/null || true)

@@ -54,6 +54,33 @@ def test_gpu_cuda_without_a_toolkit_fails_with_what_to_do(tmp_path):
     assert accelerator(fake_tools(tmp_path, True, True), "metal").returncode == 2
 
 
+def make_plan(tmp_path: Path, env: dict, gpu: str) -> list[str]:
+    """What `make setup` would run (make -n, on a copy: nothing is installed)."""
+    copy = tmp_path / "checkout"
+    (copy / "scripts").mkdir(parents=True)
+    for name in ("Makefile", "pyproject.toml", "scripts/accelerator.sh"):
+        (copy / name).write_text((ROOT / name).read_text())
+    result = subprocess.run(["make", "-n", "-B", "setup", f"GPU={gpu}"], cwd=copy, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_make_setup_builds_llama_cpp_with_cuda_and_checks_the_build(tmp_path):
+    env = fake_tools(tmp_path, gpu=True, nvcc=True)
+    cuda = make_plan(tmp_path, env, "auto")
+    install = next(line for line in cuda if "pip install --quiet -e" in line)
+    assert install.startswith('CMAKE_ARGS="-DGGML_CUDA=on') and ".[all,dev,gpu]" in install, "nvidia-ml-py too"
+    rebuild = next(line for line in cuda if "--no-binary llama-cpp-python" in line)
+    assert "llama_supports_gpu_offload()" in rebuild and "--no-cache-dir" in rebuild and "GGML_CUDA=on" in rebuild
+    assert any("is built with CUDA" in line for line in cuda)
+    assert any(line.endswith(".installed-cuda") for line in cuda)
+    cpu = make_plan(tmp_path / "cpu", env, "cpu")
+    install = next(line for line in cpu if "pip install --quiet -e" in line)
+    assert "GGML_CUDA=on" not in install and ".[all,dev]" in install
+    assert any(line.endswith(".installed-cpu") for line in cpu)
+
+
 def test_wheel_preparation_plans_the_cuda_build_and_the_downloads(tmp_path):
     result = subprocess.run(["bash", str(SCRIPTS / "prepare_gpu_wheels.sh"), "--dry-run", "--out", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300,
