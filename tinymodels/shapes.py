@@ -52,12 +52,10 @@ def _save_llama(work: Path, shape: str) -> None:
     vocab = 32000 if shape.startswith("full") else len(tokenizer)  # rows past the tokenizer are never sampled
     config = LlamaConfig(vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, **HF_LLAMA[shape])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
-        with torch.device(device):
-            model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(config)  # on the device _atomic chose
     finally:
         torch.set_default_dtype(previous)
     model.save_pretrained(work, safe_serialization=True, max_shard_size="5GB")
@@ -65,13 +63,18 @@ def _save_llama(work: Path, shape: str) -> None:
 
 
 def _atomic(out: Path, make, scratch: tuple[str, ...] = ()) -> Path:
-    """Build into OUT.partial, then rename; `scratch` names sibling folders the builder leaves behind."""
+    """Build into OUT.partial, then rename; `scratch` names sibling folders the builder leaves behind.
+    Modules are created on the GPU when there is one: random init of a billion weights on a CPU takes
+    longer than the whole check may."""
     if out.exists():
         return out
+    import torch
+
     work = out.with_name(out.name + ".partial")
     for leftover in (work, *(out.parent / name for name in scratch)):
         shutil.rmtree(leftover, ignore_errors=True)
-    make(work)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        make(work)
     for name in scratch:
         shutil.rmtree(out.parent / name, ignore_errors=True)
     os.replace(work, out)
