@@ -42,8 +42,19 @@ def files_of(directory: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def hub(demo):
+def big_vocab_gguf(tmp_path_factory) -> Path:
+    """A GGUF whose metadata (a 32k-token vocabulary) is larger than the first range read."""
+    from tinymodels.gguf import write_llama
+
+    path = tmp_path_factory.mktemp("gguf") / "big-vocab-Q4_0.gguf"
+    write_llama(path, vocab=32000, dim=64, layers=1, heads=2, q4_0=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hub(demo, big_vocab_gguf):
     stub = StubHub()
+    stub.add("modelyard-test/big-vocab-GGUF", {big_vocab_gguf.name: big_vocab_gguf})
     gguf = (demo / "tiny-llama.gguf").read_bytes()
     stub.add("modelyard-test/tiny-llama-GGUF", {
         "tiny-llama-Q4_K_M.gguf": gguf, "tiny-llama-Q8_0.gguf": gguf, "README.md": b"# tiny",
@@ -124,6 +135,21 @@ def test_pull_gguf_quant_estimates_from_its_header_then_downloads_adds_and_serve
     assert text.startswith(REGISTRY_TEXT.rstrip("\n")), "comments and the existing entry are kept as written"
     assert "# Pulled from modelyard-test/tiny-llama-GGUF:Q8_0" in text
     assert chat_once(tmp, added) in ("length", "stop")
+
+
+def test_pull_reads_a_long_gguf_header_in_growing_ranges(home, hub, big_vocab_gguf):
+    from server import hub as hub_module
+
+    _, env = home
+    result = modelyard(env, "pull", "modelyard-test/big-vocab-GGUF", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    ranges = [r.range for r in hub.fetched(big_vocab_gguf.name)]
+    assert len(ranges) >= 2 and all(ranges), ranges
+    assert ranges[0] == f"bytes=0-{hub_module.GGUF_FIRST_READ - 1}"
+    ends = [int(r.rsplit("-", 1)[1]) for r in ranges]
+    assert ends == sorted(ends) and ends[-1] < big_vocab_gguf.stat().st_size - 1, "never the whole file"
+    entry = {"id": "x", "backend": "gguf", "path": str(big_vocab_gguf)}
+    assert f"estimate {parse_spec(entry).resolve(Device('cpu', 60)).estimate()}" in result.stdout
 
 
 def test_pull_snapshot_fetches_only_safetensors_and_configs_and_serves(home, hub):
