@@ -9,14 +9,15 @@
 # outside this script); a step that no longer fits is reported as skipped, never silently dropped:
 #   install    the carried wheels into .gpu-deps (no network there), the demo models
 #   doctor     what the install sees: GPU, driver, engines with GPU support, the budget
-#   gpu-tests  pytest -m gpu: every engine on CUDA, NVML per process and its container fallback,
-#              the CUDA context released when a worker exits
+#   gpu-tests  pytest -m gpu (all of tests/): every engine on CUDA, NVML per process and its container
+#              fallback, the CUDA context released when a worker exits (and the scheduler's own GPU tests)
 #   models     real-shape random-weight models (Llama-3-8B Q4_0 GGUF, Llama-2-7B for NF4, TinyLlama-1.1B
 #              fp16, SD 1.5, Whisper large-v2) generated there
 #   promise    the server under MODELYARD_BUDGET_MB=12288 with those models and a mixed concurrent
 #              workload, NVML sampled every 10 ms: peak vs budget, CUDA OOMs, answers, swaps
 #   estimates  each engine's estimate against its measured peak
 #   decode     GGUF served vs llama-bench; HF fp16 and NF4 tok/s per decode path (dynamic, static, cuda-graphs)
+#   warm-tier  bench/bench_warm.py on the device, where it exists (cold load vs swap-in from RAM)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -91,7 +92,7 @@ if [ "$DRY" = 0 ]; then
   export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 step doctor 60 "$PY" -m server doctor
-step gpu-tests 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider -rs tests/test_gpu.py --junitxml="$OUT/gpu-tests.xml"
+step gpu-tests 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider -rs tests/ --junitxml="$OUT/gpu-tests.xml"
 step models 180 "$PY" bench/gpu_check.py models --scale "$SCALE" --root "$MODELS" --out "$OUT"
 step promise 150 "$PY" bench/gpu_check.py promise --root "$MODELS" --out "$OUT" "${BUDGET[@]}" \
   --seconds "$SECONDS_PROMISE" --clients "$CLIENTS"
@@ -100,6 +101,9 @@ LLAMA_BENCH=()
 [ -x "$WHEELS/llama-bench" ] && LLAMA_BENCH=(--llama-bench "$WHEELS/llama-bench")
 step decode 120 "$PY" bench/gpu_check.py decode --root "$MODELS" --out "$OUT" --tokens "$TOKENS" \
   --rounds "$ROUNDS" "${LLAMA_BENCH[@]}"
+if [ "$DRY" = 0 ] && [ -f bench/bench_warm.py ]; then  # the scheduler's warm tier: cold load vs swap-in from RAM
+  step warm-tier 100 "$PY" bench/bench_warm.py --device cuda --rounds 3
+fi
 
 { echo; for table in promise estimates decode; do
     [ -f "$OUT/$table.md" ] && cat "$OUT/$table.md" && echo; done

@@ -7,7 +7,7 @@
 #   - a CUDA build of llama-cpp-python for sm_90 (H100/H200), compiled here (~25 min on 2 cores) against a
 #     merged toolkit folder (nvcc from /usr/local/cuda-13.0, cuBLAS from the pip nvidia-cublas package),
 #     xz-compressed (the CUDA library alone is ~67 MB);
-#   - the demo models (tests/test_gpu.py uses them);
+#   - the demo models (the gpu-marked tests load them);
 #
 # split into parts of at most 60 MiB under gpu-wheels/ (the device tool carries 64 MiB per call):
 # carry one part per call (README, "Development"). Usage:

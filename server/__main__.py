@@ -1,5 +1,4 @@
-"""CLI: modelyard serve | ps | unload (here) and pull | add | models | doctor (server/commands.py).
-Thin: flags mirror the settings model."""
+"""CLI: modelyard serve | ps | unload. Thin: flags mirror the settings model."""
 
 from __future__ import annotations
 
@@ -101,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         model_commands.add_arguments(name, sub)
     args = parser.parse_args(argv)
     settings = settings_from(args)
+    if args.command in model_commands.COMMANDS:  # pull, add, models, doctor: server/commands.py
+        return model_commands.run(args.command, args, settings)
     if args.command == "serve":
         return serve(settings)
     if args.command == "ps":
         return ps(settings)
-    if args.command in model_commands.COMMANDS:
-        return model_commands.run(args.command, args, settings)
     return unload(settings, args.model)
 
 

@@ -12,11 +12,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import errors, gateway
+from server import discovery, errors, gateway
 from server.access import AccessMiddleware
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
-from server.discovery import store_roots
 from server.imagestore import ImageStore
 from server.memory import MemoryProbe, default_budget_mb, detect_device
 from server.metrics import Metrics
@@ -43,7 +42,7 @@ def allowed_model_dirs(settings: Settings) -> list[Path]:
     `pull` downloads into and `models --discover` reads (Hugging Face cache, Ollama, LM Studio)."""
     if settings.model_dirs:
         return [Path(d).expanduser() for d in settings.model_dirs]
-    return [settings.models.resolve().parent, settings.cache_dir.expanduser(), *store_roots()]
+    return [settings.models.resolve().parent, settings.cache_dir.expanduser(), *discovery.store_roots()]
 
 
 def check_exposure(settings: Settings) -> None:
@@ -79,10 +78,10 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
         images = ImageStore(ttl_s=settings.image_ttl_s, max_bytes=settings.image_store_mb * 1024 * 1024)
         app.state.services = services = Services(settings, registry, arbiter, metrics, probe, device, images,
                                                  ScratchDir(), int(time.time()))
-        metrics.memory(0.0, budget, {})
         specs = {spec.id: spec for spec in registry}
         metrics.watch_gateway(gateway.GatewayCollector(
             lambda: gateway.occupancy(arbiter.snapshot(), specs, lambda spec: arbiter.plan(spec)[0])))
+        metrics.memory(0.0, budget, {})
         for spec in registry:
             if spec.pinned:  # a pinned model is meant to be ready before the first request
                 arbiter.preload(spec)

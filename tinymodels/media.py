@@ -101,8 +101,10 @@ TINY_UNET = {"block_out_channels": (8, 16), "layers_per_block": 1, "sample_size"
              "attention_head_dim": 2}
 
 
-def build_sd(out: Path, unet: dict | None = None, clip: dict | None = None, vae=None) -> None:
-    """A Stable Diffusion 1.x pipeline: tiny by default; tinymodels/shapes.py passes SD 1.5's sizes."""
+def build_sd(out: Path, unet_channels: tuple[int, ...] = (8, 16), norm_groups: int = 4, unet: dict | None = None,
+             clip: dict | None = None, vae=None) -> None:
+    """A Stable Diffusion 1.x pipeline: tiny by default (a wider UNet with `unet_channels`); tinymodels/shapes.py
+    passes SD 1.5's whole UNet, text encoder and VAE."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -112,7 +114,8 @@ def build_sd(out: Path, unet: dict | None = None, clip: dict | None = None, vae=
     tokenizer, text_config = _clip_parts(out.parent / "clip-vocab", **(clip or {}))
     pipe = StableDiffusionPipeline(
         vae=vae if vae is not None else _tiny_vae(), text_encoder=CLIPTextModel(text_config()), tokenizer=tokenizer,
-        unet=UNet2DConditionModel(**(unet or TINY_UNET)),
+        unet=UNet2DConditionModel(**(unet or {**TINY_UNET, "block_out_channels": unet_channels,
+                                               "norm_num_groups": norm_groups})),
         scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
@@ -164,9 +167,10 @@ def _whisper_tokenizer():
                                    eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
-def build_whisper(out: Path, d_model: int = 64, layers: int = 1, heads: int = 2, ffn: int = 128,
+def build_whisper(out: Path, d_model: int = 64, layers: int = 1, heads: int = 2, ffn: int | None = None,
                   quantization: str = "float16") -> None:
     """A faster-whisper directory: tiny by default; tinymodels/shapes.py passes large-v2's sizes."""
+    ffn = ffn or d_model * 2
     import torch
     from ctranslate2.converters import TransformersConverter
     from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
