@@ -98,8 +98,8 @@ class StaticDecoder(Decoder):
     def _compile(self) -> None:
         """Compile the one-token step and record its graph now, so the first request does not pay for it."""
         torch = self.torch
-        if not torch.cuda.is_available():
-            log.warning("decode: cuda-graphs needs a CUDA device; decoding with the static cache, eagerly")
+        if self.model.device.type != "cuda":  # a CPU model, even on a machine with a GPU (a CPU fit rung)
+            log.warning("decode: cuda-graphs needs the model on a CUDA device; decoding with the static cache, eagerly")
             self.graphs = False
             return
         try:
