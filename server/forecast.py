@@ -76,9 +76,11 @@ def server_snapshot(settings: Settings) -> dict[str, Any] | None:
     headers = {"Authorization": f"Bearer {settings.api_keys[0]}"} if settings.api_keys else {}
     try:
         response = httpx.get(f"http://{host}:{settings.port}/admin/ps", headers=headers, timeout=2)
-    except httpx.HTTPError:
+        snapshot = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
         return None
-    return response.json() if response.status_code == 200 else None
+    # something else may listen on that port
+    return snapshot if isinstance(snapshot, dict) and {"budget_mb", "residents"} <= snapshot.keys() else None
 
 
 def _view(resident: dict[str, Any]) -> placement.ResidentView:

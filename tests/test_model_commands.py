@@ -277,6 +277,14 @@ def test_add_detects_every_demo_format_and_keeps_the_registry_valid(tmp_path, de
     assert "added tiny-llama-2" in capsys.readouterr().out
 
 
+def test_add_creates_models_yaml_when_there_is_none(tmp_path, demo, capsys):
+    registry = tmp_path / "new" / "models.yaml"
+    flags = ["--models", str(registry), "--model-dirs", str(demo)]
+    assert cli_main(["add", str(demo / "tiny-llama.gguf"), "--id", "first", *flags]) == 0, capsys.readouterr()
+    assert registry.read_text().startswith("# The model registry")
+    assert [s.id for s in load_registry(registry, [demo])] == ["first"]
+
+
 def test_add_refuses_what_the_server_would_refuse_and_leaves_models_yaml_alone(tmp_path, demo, capsys):
     registry = tmp_path / "models.yaml"
     registry.write_text(REGISTRY_TEXT)
