@@ -78,6 +78,9 @@ install() {
   done
   # --no-deps: torch, transformers and the CUDA libraries are the machine's own
   "$PY" -m pip install --quiet --no-index --no-deps --target "$deps" "$WHEELS"/*/*.whl || return 1
+  for bench in "$WHEELS"/*/llama-bench.xz; do  # llama.cpp's own benchmark, built with the wheel's flags
+    [ -e "$bench" ] && xz -dc "$bench" > "$WHEELS/llama-bench" && chmod +x "$WHEELS/llama-bench"
+  done
   for demo in "$WHEELS"/*/demo-models.tar.xz; do
     [ -e "$demo" ] && mkdir -p "$HOME/.cache/modelyard" && tar -C "$HOME/.cache/modelyard" -xJf "$demo"
   done

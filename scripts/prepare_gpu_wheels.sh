@@ -12,7 +12,10 @@
 # split into parts of at most 60 MiB under gpu-wheels/ (the device tool carries 64 MiB per call):
 # carry one part per call (README, "Development"). Usage:
 #
-#   scripts/prepare_gpu_wheels.sh [--dry-run] [--skip-llama] [--gptqmodel] [--out DIR] [--python-version 3.12]
+#   scripts/prepare_gpu_wheels.sh [--dry-run] [--skip-llama] [--llama-bench] [--gptqmodel] [--out DIR]
+#                                 [--python-version 3.12]
+# --llama-bench also builds llama.cpp's own llama-bench from the same sources and flags (another long
+# CUDA compile), so the check can compare decode speed with it on the same file.
 #   scripts/prepare_gpu_wheels.sh --split-only DIR     (re-split DIR's files into parts; no download, no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +25,7 @@ PYVER=3.12
 DRY=0
 LLAMA=1
 GPTQ=0
+BENCH=0
 SPLIT_ONLY=""
 PART_MB=${PART_MB:-60}
 PY=${PYTHON:-.venv/bin/python}
@@ -33,6 +37,7 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1 ;;
     --skip-llama) LLAMA=0 ;;
     --gptqmodel) GPTQ=1 ;;
+    --llama-bench) BENCH=1 ;;
     --out) OUT=$2; shift ;;
     --python-version) PYVER=$2; shift ;;
     --split-only) SPLIT_ONLY=$2; shift ;;
@@ -159,6 +164,19 @@ if [ "$LLAMA" = 1 ]; then
   fi
 fi
 
+if [ "$LLAMA" = 1 ] && [ "$BENCH" = 1 ]; then
+  # llama-bench from the sources the wheel vendors, linked statically so it runs alone on the device.
+  run "$PY" -m pip download --no-deps --no-binary :all: -d "$OUT/.src" "llama-cpp-python==$LLAMA_VERSION"
+  SRC=$OUT/.src/llama_cpp_python-$LLAMA_VERSION
+  if [ "$DRY" = 0 ]; then tar -xzf "$SRC.tar.gz" -C "$OUT/.src"; else echo "+ tar -xzf $SRC.tar.gz"; fi
+  # shellcheck disable=SC2086
+  run cmake -S "$SRC/vendor/llama.cpp" -B "$OUT/.bench" $CMAKE -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
+    -DCMAKE_BUILD_TYPE=Release
+  run cmake --build "$OUT/.bench" --target llama-bench -j "$(nproc)"
+  if [ "$DRY" = 0 ]; then xz -T0 -9 -c "$OUT/.bench/bin/llama-bench" > "$STAGE/llama-bench.xz"; else
+    echo "+ xz -9 llama-bench into $STAGE/llama-bench.xz"; fi
+fi
+
 if [ "$GPTQ" = 1 ]; then
   # gptqmodel has no binary wheel on PyPI: its CUDA kernels compile here like llama.cpp's (long).
   GPTQ_VERSION=$("$PY" -c "import importlib.metadata as m; print(m.version('gptqmodel'))" 2>/dev/null || echo 7.7.0)
@@ -176,7 +194,7 @@ fi
 
 if [ "$DRY" = 0 ]; then
   split_parts "$STAGE" "$OUT"
-  rm -rf "$STAGE" "$OUT/.llama" "$OUT/.toolkit"
+  rm -rf "$STAGE" "$OUT/.llama" "$OUT/.toolkit" "$OUT/.src" "$OUT/.bench"
 else
   echo "+ split $STAGE into $OUT/a, $OUT/b, ... of at most $PART_MB MiB each"
 fi

@@ -82,7 +82,8 @@ def test_make_setup_builds_llama_cpp_with_cuda_and_checks_the_build(tmp_path):
 
 
 def test_wheel_preparation_plans_the_cuda_build_and_the_downloads(tmp_path):
-    result = subprocess.run(["bash", str(SCRIPTS / "prepare_gpu_wheels.sh"), "--dry-run", "--out", str(tmp_path)],
+    result = subprocess.run(["bash", str(SCRIPTS / "prepare_gpu_wheels.sh"), "--dry-run", "--llama-bench", "--out",
+                             str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode == 0, result.stderr
@@ -98,6 +99,9 @@ def test_wheel_preparation_plans_the_cuda_build_and_the_downloads(tmp_path):
         assert flag in build, flag
     assert f"llama-cpp-python=={importlib.metadata.version('llama-cpp-python')}" in build
     assert "xz" in out and "cuBLAS" in out and "demo-models.tar.xz" in out
+    bench = next(line for line in out.splitlines() if line.startswith("+ cmake -S"))
+    assert "-DGGML_CUDA=ON" in bench and "-DBUILD_SHARED_LIBS=OFF" in bench and "vendor/llama.cpp" in bench
+    assert any("--target llama-bench" in line for line in out.splitlines())
     assert not any(tmp_path.iterdir()) or not list(tmp_path.rglob("*.whl")), "a dry run downloads nothing"
 
 
