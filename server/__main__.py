@@ -11,6 +11,7 @@ import typing
 
 import httpx
 
+from server import commands as model_commands
 from server.settings import Settings
 
 
@@ -150,8 +151,14 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("model", nargs="?", help="a model id or alias")
             sub.add_argument("--all", action="store_true", help="every model in the registry")
             sub.add_argument("--json", action="store_true", help="the raw /admin/plan answer")
+    for name, help_text in model_commands.COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text)
+        add_settings_flags(sub)
+        model_commands.add_arguments(name, sub)
     args = parser.parse_args(argv)
     settings = settings_from(args)
+    if args.command in model_commands.COMMANDS:  # pull, add, models, doctor: server/commands.py
+        return model_commands.run(args.command, args, settings)
     if args.command == "serve":
         return serve(settings)
     if args.command == "ps":

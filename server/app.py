@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import errors
+from server import discovery, errors, gateway
 from server.access import AccessMiddleware
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
@@ -39,9 +39,11 @@ class ConfigError(Exception):
 
 
 def allowed_model_dirs(settings: Settings) -> list[Path]:
+    """MODELYARD_MODEL_DIRS, or by default: the registry's directory, the demo cache and the stores
+    `pull` downloads into and `models --discover` reads (Hugging Face cache, Ollama, LM Studio)."""
     if settings.model_dirs:
         return [Path(d).expanduser() for d in settings.model_dirs]
-    return [settings.models.resolve().parent, settings.cache_dir.expanduser()]
+    return [settings.models.resolve().parent, settings.cache_dir.expanduser(), *discovery.store_roots()]
 
 
 def check_exposure(settings: Settings) -> None:
@@ -81,6 +83,9 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
         images = ImageStore(ttl_s=settings.image_ttl_s, max_bytes=settings.image_store_mb * 1024 * 1024)
         app.state.services = services = Services(settings, registry, arbiter, metrics, probe, device, images,
                                                  ScratchDir(), int(time.time()))
+        specs = {spec.id: spec for spec in registry}
+        metrics.watch_gateway(gateway.GatewayCollector(
+            lambda: gateway.occupancy(arbiter.snapshot(), specs, lambda spec: arbiter.plan(spec)[0])))
         metrics.memory(0.0, budget, {})
         metrics.ram_budget.set(ram_budget * 1024 * 1024)
         for spec in registry:

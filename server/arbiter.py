@@ -1025,6 +1025,7 @@ class Arbiter:
             "parked_mb": round(self.parked_mb, 1),
             "max_wait_s": self.max_wait_s,
             "waiting": self.waiting,
+            "wanted": sorted(self._wanted),  # models requests are waiting for
             "loading": self.loading(),
             "loads": self.loads,
             "evictions": dict(self.evictions),

@@ -107,6 +107,10 @@ class Metrics:
             for reason in EVICTION_REASONS:
                 self.evictions.labels(model, reason)
 
+    def watch_gateway(self, collector) -> None:
+        """Export the inference gateway's view (server/gateway.py), read from the arbiter at scrape time."""
+        self.registry.register(collector)
+
     def model(self, name: str | None) -> str:
         return name if name in self._models else "unknown"
 

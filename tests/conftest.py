@@ -82,12 +82,12 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve(tmp_path: Path, models: list[dict], **overrides) -> Iterator[Served]:
+def serve(tmp_path: Path, models: list[dict], probe=None, **overrides) -> Iterator[Served]:
     registry = tmp_path / "models.yaml"
     registry.write_text(yaml.safe_dump({"models": models}))
     settings = Settings(**{"models": registry, "port": free_port(), "worker_overhead_mb": 0, "budget_mb": 4096,
                            **overrides})
-    app = create_app(settings)
+    app = create_app(settings, probe=probe)
     others = {p.pid for p in worker_processes()}  # workers of servers started by other fixtures
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                            timeout_graceful_shutdown=5))

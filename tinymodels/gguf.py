@@ -31,8 +31,12 @@ SPECIAL = ["<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|
 
 def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2, heads: int = 4,
                 ffn: int | None = None, context: int = 2048, dtype=np.float32, fim: bool = True,
-                chat_template: str | None = CHAT_TEMPLATE, pooling: bool = False, seed: int = 0) -> None:
-    """A llama-architecture GGUF with an SPM byte-fallback vocabulary of `vocab` tokens."""
+                chat_template: str | None = CHAT_TEMPLATE, pooling: bool = False, seed: int = 0,
+                kv_heads: int | None = None, q4_0: bool = False) -> None:
+    """A llama-architecture GGUF with an SPM byte-fallback vocabulary of `vocab` tokens.
+
+    `q4_0` stores every matrix as Q4_0 blocks of random nibbles under one small scale, made once per
+    shape and reused: a real-size quantized file (an 8B shape is 4.5 GB) written in seconds."""
     import gguf
 
     ffn = ffn or dim * 2
@@ -56,11 +60,13 @@ def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2,
     writer.add_embedding_length(dim)
     writer.add_block_count(layers)
     writer.add_feed_forward_length(ffn)
+    kv_heads = kv_heads or heads
     writer.add_head_count(heads)
-    writer.add_head_count_kv(heads)
+    writer.add_head_count_kv(kv_heads)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(dim // heads)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == np.float16 else gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if q4_0 else
+                         gguf.LlamaFileType.MOSTLY_F16 if dtype == np.float16 else gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
@@ -79,21 +85,34 @@ def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2,
     if pooling:
         writer.add_pooling_type(gguf.PoolingType.MEAN)
 
-    def tensor(*shape: int):
-        return (rng.standard_normal(shape) * 0.05).astype(dtype)
+    blocks: dict[tuple[int, int], np.ndarray] = {}
+
+    def add(name: str, *shape: int) -> None:
+        if not q4_0:
+            writer.add_tensor(name, (rng.standard_normal(shape) * 0.05).astype(dtype))
+            return
+        if shape not in blocks:  # 32 weights a block: an f16 scale, then 16 bytes of nibbles
+            rows, cols = shape
+            block = rng.integers(0, 256, (rows, cols // 32, 18), dtype=np.uint8)
+            block[:, :, 0:2] = np.frombuffer(np.float16(0.01).tobytes(), dtype=np.uint8)
+            blocks[shape] = block.reshape(rows, cols // 32 * 18)
+        writer.add_tensor(name, blocks[shape], raw_dtype=gguf.GGMLQuantizationType.Q4_0)
 
     norm = np.ones(dim, dtype=np.float32)
-    writer.add_tensor("token_embd.weight", tensor(vocab, dim))
+    kv_dim = dim * kv_heads // heads
+    add("token_embd.weight", vocab, dim)
     for i in range(layers):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", norm)
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(f"blk.{i}.{name}.weight", tensor(dim, dim))
+        add(f"blk.{i}.attn_q.weight", dim, dim)
+        add(f"blk.{i}.attn_k.weight", kv_dim, dim)
+        add(f"blk.{i}.attn_v.weight", kv_dim, dim)
+        add(f"blk.{i}.attn_output.weight", dim, dim)
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", norm)
-        writer.add_tensor(f"blk.{i}.ffn_gate.weight", tensor(ffn, dim))
-        writer.add_tensor(f"blk.{i}.ffn_up.weight", tensor(ffn, dim))
-        writer.add_tensor(f"blk.{i}.ffn_down.weight", tensor(dim, ffn))
+        add(f"blk.{i}.ffn_gate.weight", ffn, dim)
+        add(f"blk.{i}.ffn_up.weight", ffn, dim)
+        add(f"blk.{i}.ffn_down.weight", dim, ffn)
     writer.add_tensor("output_norm.weight", norm)
-    writer.add_tensor("output.weight", tensor(vocab, dim))
+    add("output.weight", vocab, dim)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -32,6 +32,7 @@ from backends.contract import (
     TextChunk,
     TokenLogprob,
 )
+from backends.hf.decode import make_decoder
 from backends.hf.guidance import Guidance
 from backends.hf.plan import HfPlan
 from backends.hf.tokens import Detokenizer, fim_tokens, token_bytes
@@ -73,6 +74,8 @@ class HfTextAdapter:
         self._keep_arg = "logits_to_keep" in accepted
         # transformers 5.2x renamed past_key_values to cache (the old name warns)
         self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
+        self.decoder = make_decoder(plan.decode, torch, self.model, self._cache_arg, self._keep_arg,
+                                    self.context) if plan.causal else None
         self._lock = threading.Lock()  # one request at a time: the model and its cache are not shared
         self._tokens_generated = 0
         self._requests = 0
@@ -108,7 +111,15 @@ class HfTextAdapter:
     def stats(self) -> dict[str, Any]:
         return {"tokens_generated": self._tokens_generated, "requests": self._requests,
                 "weights_bytes": self.model.get_memory_footprint(), "dtype": self.plan.dtype,
-                "quantization": self.plan.quantization, "device": self.plan.device, "context_length": self.context}
+                "quantization": self.plan.quantization, "device": self.plan.device, "context_length": self.context,
+                "decode": self._decode_kind()}
+
+    def _decode_kind(self) -> str | None:
+        """The decode path in use (cuda-graphs falls back to static when it cannot compile)."""
+        if self.decoder is None:
+            return None
+        graphs = getattr(self.decoder, "graphs", False)
+        return "cuda-graphs" if graphs else self.plan.decode if self.plan.decode != "cuda-graphs" else "static"
 
     def park(self, dest: Path) -> int:
         """Write the model as loaded (bitsandbytes weights stay quantized) with its tokenizer, as a
@@ -227,13 +238,13 @@ class HfTextAdapter:
                     chunk["logprobs"] = self._prompt_logprobs(ids, top)
                 yield chunk
             counts = torch.zeros(self.vocab_rows(), dtype=torch.float32, device=self.model.device)
-            past = None
+            self.decoder.begin()
             step_input = torch.tensor([ids], device=self.model.device)
             while produced < budget:
                 if cancel:
                     finish = "cancelled"
                     break
-                logits, past = self._forward(step_input, past)
+                logits = self.decoder.step(step_input)
                 raw = logits
                 logits = logits.clone()
                 logits[self.vocab:] = -math.inf  # padded rows of the embedding are not tokens
@@ -276,13 +287,6 @@ class HfTextAdapter:
 
     def vocab_rows(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
-
-    def _forward(self, step_input, past):
-        extra = {"logits_to_keep": 1} if self._keep_arg else {}
-        with self._torch.inference_mode():
-            out = self.model(input_ids=step_input, use_cache=True, **{self._cache_arg: past}, **extra)
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        return out.logits[0, -1].float(), cache
 
     def _sample(self, logits, temperature: float, top_p: float, generator) -> int:
         torch = self._torch
