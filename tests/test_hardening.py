@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import time
+
 import httpx
 import openai
 import pytest
+import yaml
 from conftest import fake
 
 from server.app import ConfigError, create_app
@@ -148,3 +154,184 @@ def test_model_ids_with_slashes_are_served(app_server):
     assert client.models.retrieve("org/with-slash").id == "org/with-slash"
     reply = client.chat.completions.create(model="org/with-slash", messages=HELLO, max_tokens=2)
     assert reply.model == "org/with-slash"
+
+
+# ---- connections (server/connections.py): one client must not exhaust the server -------------------
+
+
+def raw(s, timeout: float = 10.0) -> socket.socket:
+    host, port = s.base_url.removeprefix("http://").rsplit(":", 1)
+    conn = socket.create_connection((host, int(port)))
+    conn.settimeout(timeout)
+    return conn
+
+
+def read_to_close(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a reset counts as closed)."""
+    out = b""
+    try:
+        while chunk := conn.recv(65536):
+            out += chunk
+    except ConnectionResetError:
+        pass
+    return out
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else 0
+
+
+def json_body(response: bytes) -> dict:
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    from conftest import serve
+
+    with serve(tmp_path_factory.mktemp("strict"), [fake("a")], header_timeout_s=1, body_timeout_s=1,
+               keep_alive_timeout_s=1, max_header_bytes=4096) as s:
+        yield s
+
+
+def test_idle_connection_that_never_sends_a_request_is_closed(strict):
+    conn = raw(strict)
+    started = time.monotonic()
+    assert read_to_close(conn) == b""
+    assert time.monotonic() - started < 5
+
+
+def test_slowloris_headers_get_408_and_the_connection_closes(strict):
+    conn = raw(strict)
+    conn.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+    for _ in range(3):  # a header line now and then, never the blank line that ends them
+        time.sleep(0.4)
+        with contextlib.suppress(OSError):
+            conn.sendall(b"X-Slow: 1\r\n")
+    response = read_to_close(conn)
+    assert status_of(response) == 408 and json_body(response)["error"]["code"] == "request_timeout"
+
+
+def test_slow_body_gets_408_and_the_connection_closes(strict):
+    conn = raw(strict)
+    conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{\"model\": ")
+    response = read_to_close(conn)
+    assert status_of(response) == 408 and json_body(response)["error"]["code"] == "request_timeout"
+
+
+def test_oversized_headers_get_431_without_being_buffered(strict):
+    conn = raw(strict)
+    conn.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")
+    response = read_to_close(conn)
+    assert status_of(response) == 431
+    assert json_body(response)["error"]["code"] == "headers_too_large"
+    assert strict.http.get("/health").status_code == 200
+
+
+def test_idle_keep_alive_connection_is_closed_after_its_timeout(strict):
+    conn = raw(strict)
+    conn.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    response = read_to_close(conn)  # answered, then closed once idle for keep_alive_timeout_s
+    assert status_of(response) == 200
+
+
+def test_past_the_connection_cap_idle_connections_make_room_and_busy_ones_get_503(served):
+    with served([fake("a")], max_connections=8, body_timeout_s=30) as s:
+        idle = [raw(s) for _ in range(12)]
+        assert httpx.get(s.base_url + "/health").status_code == 200  # the oldest idle ones were closed
+        time.sleep(0.2)
+        closed = sum(1 for conn in idle if _closed(conn))
+        assert closed >= 5
+        busy = [raw(s) for _ in range(8)]
+        for conn in busy:  # requests whose bodies are still coming: not idle, never closed for room
+            conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.3)
+        conn = raw(s)
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        response = read_to_close(conn)
+        assert status_of(response) == 503
+        assert json_body(response)["error"]["code"] == "too_many_connections" and b"retry-after" in response.lower()
+        for conn in busy + idle:
+            conn.close()
+
+
+def _closed(conn: socket.socket) -> bool:
+    conn.settimeout(0.05)
+    try:
+        return conn.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_health_answers_while_5000_idle_connections_are_held_open_at_a_1024_file_limit(tmp_path):
+    """`modelyard serve` itself, limited to 1,024 open files: 5,000 idle connections cost it nothing
+    but the oldest idle ones (no client's request is ever dropped for them)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 6000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    with modelyard_serve(tmp_path, open_files=1024) as base_url:
+        port = int(base_url.rsplit(":", 1)[1])
+        held = open_idle(port, 5000)
+        try:
+            for _ in range(5):
+                response = httpx.get(base_url + "/health", timeout=5)
+                assert response.status_code == 200
+            reply = openai.OpenAI(base_url=base_url + "/v1", api_key="x", max_retries=0, timeout=30).chat.completions
+            assert reply.create(model="a", messages=HELLO, max_tokens=2).choices[0].message.content
+        finally:
+            for conn in held:
+                conn.close()
+
+
+@contextlib.contextmanager
+def modelyard_serve(tmp_path, open_files: int):
+    """The real CLI in a subprocess, under a lowered open-file limit."""
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import ROOT, free_port
+
+    registry = tmp_path / "models.yaml"
+    registry.write_text(yaml.safe_dump({"models": [fake("a")]}))
+    port = free_port()
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--models", str(registry), "--port", str(port),
+         "--log-level", "warning", "--budget-mb", "4096", "--shutdown-grace-s", "2"],
+        cwd=ROOT, preexec_fn=limit)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base_url + "/health", timeout=1).status_code == 200:
+                    break
+            assert process.poll() is None and time.monotonic() < deadline, "modelyard serve did not start"
+            time.sleep(0.1)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def open_idle(port: int, count: int) -> list[socket.socket]:
+    """`count` connections that never send anything (non-blocking connects, so the kernel's queue,
+    not this loop, sets the pace)."""
+    held = []
+    for _ in range(count):
+        conn = socket.socket()
+        conn.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            conn.connect(("127.0.0.1", port))
+        held.append(conn)
+    time.sleep(1.0)
+    return held
