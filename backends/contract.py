@@ -273,8 +273,9 @@ Chunks = Generator[Any, None, Any]  # yields a Chunk, returns a Result
 
 
 # ---- the pipe's messages (one JSON object per line) ------------------------------------------
-# server -> worker: first a Handshake, then CallMessage | ControlMessage.
-# worker -> server: first ReadyMessage | LoadErrorMessage, then replies tagged with the call's id.
+# server -> worker: first a Handshake, then CallMessage | ControlMessage | FlowMessage.
+# worker -> server: first ReadyMessage | LoadErrorMessage, then replies tagged with the call's id,
+# and a HeartbeatMessage every HEARTBEAT_INTERVAL_S.
 
 
 class Handshake(TypedDict):
@@ -292,6 +293,24 @@ class CallMessage(TypedDict):
 class ControlMessage(TypedDict):
     op: Literal["cancel", "stats", "stop"]
     id: NotRequired[int]
+
+
+class FlowMessage(TypedDict):
+    """Backpressure: the server holds more of this call's chunks than its client has read, so the
+    worker stops producing them (paused) until told to go on."""
+
+    op: Literal["flow"]
+    id: int
+    paused: bool
+
+
+class HeartbeatMessage(TypedDict):
+    """worker -> server every HEARTBEAT_INTERVAL_S: a stopped or wedged worker falls silent."""
+
+    op: Literal["heartbeat"]
+
+
+HEARTBEAT_INTERVAL_S = 0.5
 
 
 class ReadyMessage(TypedDict):

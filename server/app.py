@@ -24,6 +24,7 @@ from server.routes import admin, audio, chat, completions, embeddings, health, i
 from server.security import SecurityMiddleware
 from server.services import Services
 from server.settings import Settings
+from server.watchdog import Timeouts
 from server.worker_client import WorkerFactory
 
 log = logging.getLogger("modelyard")
@@ -72,7 +73,9 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        arbiter = Arbiter(budget, factory or WorkerFactory(), probe, **arbiter_kwargs)
+        timeouts = Timeouts(heartbeat_s=settings.worker_heartbeat_timeout_s,
+                            first_token_s=settings.first_token_timeout_s, inter_token_s=settings.inter_token_timeout_s)
+        arbiter = Arbiter(budget, factory or WorkerFactory(timeouts=timeouts), probe, **arbiter_kwargs)
         images = ImageStore(ttl_s=settings.image_ttl_s, max_bytes=settings.image_store_mb * 1024 * 1024)
         app.state.services = services = Services(settings, registry, arbiter, metrics, probe, device, images,
                                                  ScratchDir(), int(time.time()))

@@ -21,6 +21,7 @@ class FakePlan(LoadPlan):
     crash_after_tokens: int | None
     hang_load: bool
     hang_generation: bool
+    hang_after_tokens: int | None
     allocate: bool
 
     def estimate(self) -> MemoryEstimate:
