@@ -30,13 +30,15 @@ class Sequence:
     """One request's decoding state. The caller reads `events`: ("chunk", dict), ("end", dict) or
     ("error", exception)."""
 
-    def __init__(self, tokens: list[int], sampler, budget: int, stream, cancel, prompt_logits: bool = False):
+    def __init__(self, tokens: list[int], sampler, budget: int, stream, cancel, prompt_logits: bool = False,
+                 constraint=None):
         self.tokens = tokens
         self.sampler = sampler
         self.budget = budget
         self.stream = stream
         self.cancel = cancel
         self.prompt_logits = prompt_logits
+        self.constraint = constraint  # backends/guidance.py: masks the logits before each sample
         self.events: queue.Queue = queue.Queue()
         self.slot: int | None = None
         self.n_past = 0
@@ -217,12 +219,28 @@ class Scheduler:
             self._finish(seq, "cancelled")
             return
         logits = self._logits(index) if seq.stream.wants_logits else None
+        if seq.constraint is not None:
+            row = self._logits(index)
+            logits = None if logits is None else logits.copy()  # logprobs are the model's, before the mask
+            try:
+                seq.constraint.mask(row)  # in llama.cpp's own buffer: the sampler chain reads it next
+            except RuntimeError as exc:
+                self._fail(seq, exc)
+                return
         token = self._lc.llama_sampler_sample(seq.sampler.sampler, self._ctx.ctx, index)
+        if seq.constraint is not None:
+            try:
+                seq.constraint.accept(token)
+            except RuntimeError as exc:
+                self._fail(seq, exc)
+                return
         reason, chunk, counted = seq.stream.emit(token, logits)
         self._put_chunk(seq, chunk)
         if counted:
             seq.produced += 1
             self._counters["tokens_generated"] += 1
+        if reason is None and seq.constraint is not None and seq.constraint.finished:
+            reason = "stop"
         if reason is None and seq.produced >= seq.budget:
             reason = "length"
         if reason is not None:

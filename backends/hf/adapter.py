@@ -68,6 +68,10 @@ class HfTextAdapter:
         self.template = text.ChatTemplate(plan.chat_template or self.tokenizer.chat_template)
         self.fim = fim_tokens(self.tokenizer)
         self.guidance = Guidance(self.tokenizer, self.vocab, self.eos_ids)
+        # No token spells more bytes than its vocabulary entry (byte-level BPE and SentencePiece
+        # entries are longer than their text): prompts longer than the context x this are refused
+        # before tokenizing.
+        self.longest_token_bytes = max(len(t.encode("utf-8")) for t in self.tokenizer.get_vocab())
         accepted = inspect.signature(self.model.forward).parameters
         self._keep_arg = "logits_to_keep" in accepted
         # transformers 5.2x renamed past_key_values to cache (the old name warns)
@@ -117,6 +121,7 @@ class HfTextAdapter:
     def chat(self, params: ChatParams, cancel: Cancel) -> Chunks:
         self._need_causal()
         prompt = self.render(params.messages, params.tools)
+        text.check_bytes(prompt, self.context, self.longest_token_bytes, "messages")
         ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
         top = params.top_logprobs if params.logprobs else None
         return (yield from self._generate(ids, params, cancel, top, "messages"))
@@ -129,6 +134,7 @@ class HfTextAdapter:
                 raise text.no_fill_in_the_middle(self.model_id)
             prefix_tok, suffix_tok, middle_tok = self.fim
             prompt = f"{prefix_tok}{prompt}{suffix_tok}{params.suffix}{middle_tok}"
+        text.check_bytes(prompt, self.context, self.longest_token_bytes, "prompt")
         ids = self.tokenizer(prompt).input_ids
         echo = params.echo and params.suffix is None
         return (yield from self._generate(ids, params, cancel, params.logprobs, "prompt", echo=echo))
@@ -146,14 +152,21 @@ class HfTextAdapter:
         self.tokenizer.padding_side = "right"
         vectors: list[list[float]] = []
         total = 0
+        batches = []
+        for i, item in enumerate(params.inputs):
+            text.check_bytes(item, self.context, self.longest_token_bytes, "input", what=f"input {i}")
+        for start in range(0, len(params.inputs), 16):  # tokenized outside the lock: it holds up no one
+            if cancel:
+                break
+            batch = self.tokenizer(params.inputs[start:start + 16], padding=True, return_tensors="pt")
+            lengths = batch["attention_mask"].sum(dim=1)
+            text.check_context(int(lengths.max()), self.context, "input", what="an input", room=0)
+            total += int(lengths.sum())
+            batches.append(batch)
         with self._acquire(cancel):
-            for start in range(0, len(params.inputs), 16):
+            for batch in batches:
                 if cancel:
                     break
-                batch = self.tokenizer(params.inputs[start:start + 16], padding=True, return_tensors="pt")
-                lengths = batch["attention_mask"].sum(dim=1)
-                text.check_context(int(lengths.max()), self.context, "input", what="an input", room=0)
-                total += int(lengths.sum())
                 batch = {k: v.to(self.model.device) for k, v in batch.items()}
                 extra = {"logits_to_keep": 1} if self._keep_arg else {}
                 with torch.inference_mode():
