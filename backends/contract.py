@@ -12,9 +12,10 @@ method: it yields chunks as they are produced and returns its result. Cancellati
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, NotRequired, Protocol, TypedDict
@@ -34,6 +35,17 @@ class Cancel:
 
     def __bool__(self) -> bool:  # `if cancel:` reads naturally in engine loops
         return self._event.is_set()
+
+    @contextlib.contextmanager
+    def holding(self, lock: threading.Lock) -> Iterator[None]:
+        """Hold `lock` (a model one request uses at a time), giving up if cancelled while waiting."""
+        while not lock.acquire(timeout=0.05):
+            if self:
+                raise InvalidInput("request cancelled while waiting for the model", code=ErrorCode.CANCELLED)
+        try:
+            yield
+        finally:
+            lock.release()
 
 
 class ErrorCode(StrEnum):

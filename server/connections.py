@@ -21,10 +21,13 @@ what the client still sends for a moment, so the client gets to read the answer,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import json
 import logging
 import resource
+import socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,6 +227,10 @@ def guarded_protocol(limits: ConnectionLimits, base: type | None = None) -> type
         def _stalled(self) -> None:
             self._stall = None
             log.warning("dropping a connection whose client read nothing for %gs", limits.write_stall_timeout_s)
+            sock = self.transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError, TypeError):
+                # A reset, not a close: the kernel would otherwise keep the unread megabytes for minutes
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.transport.abort()  # close() would wait for the unread buffer to drain
 
         def _evict(self) -> None:

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         "refused with 503 (default: seven eighths of the open-file limit).")
     header_timeout_s: float = Field(10.0, gt=0, description="Longest a request's headers may take to arrive "
                                     "(and a new connection may stay silent).")
-    body_timeout_s: float = Field(60.0, gt=0, description="Longest a request body may take to arrive.")
+    body_timeout_s: float = Field(120.0, gt=0, description="Longest a request body may take to arrive, all of it.")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="How long an idle keep-alive connection stays open.")
     max_header_bytes: int = Field(32 * 1024, ge=1024, description="Cap on a request's headers (431 past it).")
     write_stall_timeout_s: float = Field(

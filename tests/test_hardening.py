@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import time
 
 import httpx
 import openai
+import psutil
 import pytest
 import yaml
 from conftest import fake
@@ -274,9 +277,10 @@ def test_health_answers_while_5000_idle_connections_are_held_open_at_a_1024_file
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 6000:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    idle = min(5000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 256)  # still far past the server's 1,024
     with modelyard_serve(tmp_path, open_files=1024) as base_url:
         port = int(base_url.rsplit(":", 1)[1])
-        held = open_idle(port, 5000)
+        held = open_idle(port, idle)
         try:
             for _ in range(5):
                 response = httpx.get(base_url + "/health", timeout=5)
@@ -335,3 +339,226 @@ def open_idle(port: int, count: int) -> list[socket.socket]:
         held.append(conn)
     time.sleep(1.0)
     return held
+
+
+# ---- finding 7: 500s that should be 400s ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"])
+def test_keep_alive_as_a_400_digit_integer_is_400(app_server, path):
+    body = {"model": "a", "messages": HELLO, "prompt": "x", "input": "x"}
+    raw_body = json.dumps(body)[:-1] + ', "keep_alive": ' + "9" * 400 + "}"
+    response = app_server.http.post(path, content=raw_body, headers={"Content-Type": "application/json"})
+    assert_error(response, 400, param="keep_alive")
+
+
+@pytest.mark.parametrize(("field", "body"), [
+    ("messages.0.content", {"messages": [{"role": "user", "content": "\ud800"}]}),
+    ("messages.0.content.1.text", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "ok"}, {"type": "text", "text": "x\udfffy"}]}]}),
+    ("stop.0", {"messages": HELLO, "stop": ["\ud83d"]}),
+    ("response_format.json_schema.schema.properties.\\ud800", {"messages": HELLO, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "r", "schema": {"properties": {"\ud800": {}}}}}}),
+])
+def test_lone_surrogate_in_any_string_is_400_naming_the_field(app_server, field, body):
+    raw_body = json.dumps({"model": "a", **body})  # ensure_ascii: the surrogate travels as \ud800, as attackers send it
+    response = app_server.http.post("/v1/chat/completions", content=raw_body,
+                                    headers={"Content-Type": "application/json"})
+    assert_error(response, 400, param=field)
+    assert "surrogate" in response.json()["error"]["message"]
+
+
+def test_lone_surrogate_in_an_embedding_input_is_400(app_server):
+    response = app_server.http.post("/v1/embeddings", content='{"model": "a", "input": ["ok", "\\ud800"]}',
+                                    headers={"Content-Type": "application/json"})
+    assert_error(response, 400, param="input.1")
+
+
+# ---- finding 8 and the Host header -----------------------------------------------------------------
+
+
+def test_percent_encoded_newline_in_the_path_cannot_forge_an_access_log_line(app_server, caplog):
+    with caplog.at_level("INFO", logger="modelyard.access"):
+        app_server.http.get("/v1/models/x%0A2026-01-01%20FORGED%20200%0D%1B[31m")
+        app_server.http.get("/health")  # the line above is written once its request ends
+    lines = [r.getMessage() for r in caplog.records if r.name == "modelyard.access"]
+    forged = [line for line in lines if "FORGED" in line]
+    assert forged and all("\n" not in line and "\r" not in line and "\x1b" not in line for line in forged)
+    assert "\\n2026-01-01 FORGED 200\\r\\x1b" in forged[0]
+
+
+@pytest.mark.parametrize("host", ["localhost:8000.evil.example", "localhost:1@evil.example", "127.0.0.1:80@evil.example",
+                                  "[::1]:8000.evil.example", "localhost:80/evil", "localhost evil.example"])
+def test_host_header_with_a_forged_port_or_userinfo_is_refused(app_server, host):
+    assert_error(app_server.http.get("/v1/models", headers={"Host": host}), 403, code="host_not_allowed")
+
+
+# ---- smaller findings: image parts, fan-out ---------------------------------------------------------
+
+
+def test_image_part_to_a_text_only_model_is_a_clear_400(app_server):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    body = {"model": "a", "messages": [{"role": "user", "content": [{"type": "text", "text": "what is it"}, image]}]}
+    response = post(app_server, body)
+    assert_error(response, 400, param="messages.0.content.1", code="unsupported_model_capability")
+    assert "image_url" in response.json()["error"]["message"]
+
+
+def test_image_urls_never_carry_the_clients_host_header(served):
+    """Bound publicly (no Host check), a forged Host must not end up in the links handed out."""
+    from tinymodels import DEFAULT_ROOT, media
+
+    media.build(DEFAULT_ROOT)
+    sd = {"id": "sd", "backend": "diffusers", "path": str(DEFAULT_ROOT / "tiny-sd"),
+          "options": {"default_steps": 1, "default_size": "16x16", "min_side": 16, "device": "cpu"}}
+    body = {"model": "sd", "prompt": "fox", "response_format": "url"}
+    public = {"host": "0.0.0.0", "api_keys": ["test"], "model_dirs": [str(DEFAULT_ROOT)]}
+    with served([sd], **public) as s:
+        url = s.http.post("/v1/images/generations", json=body, headers={"Host": "evil.example"}).json()["data"][0]["url"]
+        assert url.startswith("http://127.0.0.1:") and "evil" not in url
+        assert httpx.get(url).headers["content-type"] == "image/png"
+    with served([sd], public_base_url="https://ai.example.com/modelyard/", **public) as s:
+        url = s.http.post("/v1/images/generations", json=body, headers={"Host": "evil.example"}).json()["data"][0]["url"]
+        assert url.startswith("https://ai.example.com/modelyard/v1/images/files/")
+
+
+# ---- finding 4: fan-out and backpressure -------------------------------------------------------------
+
+
+def test_fan_out_past_the_request_token_cap_is_400(served):
+    with served([fake("a")], max_request_tokens=1000) as s:
+        huge = {"model": "a", "prompt": ["p"] * 64, "n": 16, "max_tokens": 1_000_000}
+        assert_error(s.http.post("/v1/completions", json=huge), 400, param="max_tokens", code="request_too_large")
+        fanned = {"model": "a", "prompt": ["p"] * 4, "n": 2, "max_tokens": 200}  # 1,600 tokens
+        assert_error(s.http.post("/v1/completions", json=fanned), 400, code="request_too_large")
+        assert_error(post(s, {"model": "a", "messages": HELLO, "n": 8, "max_tokens": 126}), 400,
+                     code="request_too_large")
+        fits = {"model": "a", "prompt": ["p"] * 4, "n": 2, "max_tokens": 125}  # exactly 1,000
+        assert len(s.http.post("/v1/completions", json=fits).json()["choices"]) == 8
+
+
+def test_fan_out_without_max_tokens_counts_the_context(served):
+    with served([fake("a", context_length=600)], max_request_tokens=1000) as s:
+        assert_error(post(s, {"model": "a", "messages": HELLO, "n": 2}), 400, code="request_too_large")
+        assert len(post(s, {"model": "a", "messages": HELLO, "n": 1}).json()["choices"]) == 1
+
+
+def test_stream_client_that_stops_reading_pauses_generation_then_is_dropped_releasing_its_lease(served):
+    with served([fake("a", context_length=2_000_000)], write_stall_timeout_s=3, max_request_tokens=2_000_000) as s:
+        conn = raw(s)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        body = json.dumps({"model": "a", "prompt": "go", "max_tokens": 1_000_000, "stream": True}).encode()
+        conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+        def generated() -> int:
+            resident = s.resident("a", stats=True)
+            return resident["worker"]["tokens_generated"] if resident and "worker" in resident else 0
+
+        s.wait_until(lambda: generated() > 0)
+        samples = [generated()]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # generation must come to a halt while nobody reads
+            time.sleep(0.5)
+            samples.append(generated())
+            if samples[-1] == samples[-2] and s.resident("a")["refcount"] == 1:
+                break
+        assert samples[-1] == samples[-2], f"generation never paused: {samples}"
+        assert samples[-1] < 200_000  # bounded by buffers, not by max_tokens
+        s.wait_until(lambda: s.resident("a")["refcount"] == 0, timeout=15)  # dropped: the lease is free
+        conn.settimeout(10)
+        read_to_close(conn)  # what was buffered, then the end: the server closed the connection
+        assert post(s, {"model": "a", "messages": HELLO, "max_tokens": 2}).status_code == 200
+
+
+# ---- finding 6: hung engines ---------------------------------------------------------------------
+
+
+HUNG = dict(worker_heartbeat_timeout_s=2, first_token_timeout_s=2, inter_token_timeout_s=2)
+
+
+def sse_events(response) -> list[str]:
+    return [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def evictions(s, reason: str) -> float:
+    from exposition import scrape
+
+    return scrape(s).value("modelyard_model_evictions_total", model="a", reason=reason)
+
+
+def test_sigstopped_worker_mid_stream_gets_an_error_event_then_done_and_is_restarted(served):
+    with served([fake("a", token_latency_s=0.02)], **HUNG) as s:
+        assert post(s, {"model": "a", "messages": HELLO, "max_tokens": 2}).status_code == 200
+        pid = s.resident("a")["pid"]
+        body = {"model": "a", "messages": HELLO, "max_tokens": 100_000, "stream": True}
+        with s.http.stream("POST", "/v1/chat/completions", json=body, timeout=30) as response:
+            lines = response.iter_lines()
+            for line in lines:
+                if '"content":"' in line and '"content":""' not in line:
+                    break
+            os.kill(pid, signal.SIGSTOP)
+            rest = [line[6:] for line in lines if line.startswith("data: ")]
+        assert rest[-1] == "[DONE]"
+        error = json.loads(rest[-2])["error"]
+        assert error["code"] == "engine_timeout" and "heartbeat" in error["message"]
+        s.wait_until(lambda: s.resident("a") is None, timeout=10)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert post(s, {"model": "a", "messages": HELLO, "max_tokens": 2}).status_code == 200
+        assert s.resident("a")["pid"] != pid
+        assert evictions(s, "hung") == 1
+
+
+def test_sigstopped_idle_worker_is_noticed_and_restarted_on_the_next_request(served):
+    with served([fake("a")], **HUNG) as s:
+        assert post(s, {"model": "a", "messages": HELLO, "max_tokens": 2}).status_code == 200
+        pid = s.resident("a")["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        s.wait_until(lambda: s.resident("a") is None, timeout=10)  # no longer "ready"
+        reply = post(s, {"model": "a", "messages": HELLO, "max_tokens": 2})
+        assert reply.status_code == 200 and s.resident("a")["pid"] != pid
+        assert s.ps()["evictions"] == {"hung": 1}
+
+
+def test_engine_wedged_before_its_first_token_gets_504_and_a_fresh_worker(served):
+    with served([fake("a", hang_generation=True)], **HUNG) as s:
+        started = time.monotonic()
+        response = post(s, {"model": "a", "messages": HELLO, "max_tokens": 5})
+        assert_error(response, 504, code="engine_timeout")
+        assert "first token" in response.json()["error"]["message"]
+        assert time.monotonic() - started < 30
+        s.wait_until(lambda: s.resident("a") is None, timeout=10)
+        assert s.ps()["evictions"] == {"hung": 1}
+
+
+def test_engine_wedged_between_tokens_ends_the_stream_with_an_error_event(served):
+    with served([fake("a", hang_after_tokens=3)], **HUNG) as s:
+        body = {"model": "a", "messages": HELLO, "max_tokens": 50, "stream": True}
+        with s.http.stream("POST", "/v1/chat/completions", json=body, timeout=30) as response:
+            events = sse_events(response)
+        assert events[-1] == "[DONE]"
+        assert json.loads(events[-2])["error"]["code"] == "engine_timeout"
+        assert "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-2])
+        s.wait_until(lambda: s.resident("a") is None, timeout=10)
+
+
+def test_slow_but_steady_engine_is_not_declared_hung(served):
+    with served([fake("a", token_latency_s=0.5)], **HUNG) as s:
+        reply = post(s, {"model": "a", "messages": HELLO, "max_tokens": 8})  # 4 s, never 2 s without a token
+        assert reply.status_code == 200 and reply.json()["choices"][0]["finish_reason"] == "length"
+        assert s.ps()["evictions"] == {}
+
+
+# ---- shutdown grace ------------------------------------------------------------------------------
+
+
+def test_stream_still_running_when_the_shutdown_grace_ends_gets_an_error_event_then_done(served):
+    with served([fake("a", token_latency_s=0.01)], shutdown_grace_s=2) as s:
+        body = {"model": "a", "messages": HELLO, "max_tokens": 100_000, "stream": True}
+        with s.http.stream("POST", "/v1/chat/completions", json=body, timeout=30) as response:
+            lines = response.iter_lines()
+            next(line for line in lines if line.startswith("data: "))
+            s.server.should_exit = True
+            events = [line[6:] for line in lines if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        assert json.loads(events[-2])["error"]["code"] == "shutting_down"

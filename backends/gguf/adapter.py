@@ -9,10 +9,8 @@ Embedding models use llama-cpp-python's embed() under a lock.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 from backends import text
@@ -22,7 +20,6 @@ from backends.contract import (
     Chunks,
     CompletionParams,
     EmbeddingParams,
-    ErrorCode,
     InvalidInput,
     SamplingParams,
 )
@@ -134,7 +131,7 @@ class GgufAdapter:
         for i, item in enumerate(params.inputs):  # outside the lock: a long input holds up no one else
             n = len(self._tokenize(item, self.vocab.adds_bos, cancel, "input", what=f"input {i}", room=0))
             counts.append(n)
-        with self._locked(cancel):  # each input is known to fit: the engine's own tokenizing is short
+        with cancel.holding(self._lock):  # each input is known to fit: the engine's own tokenizing is short
             vectors = self.llama.embed(list(params.inputs), normalize=True, truncate=False) if params.inputs else []
             self._prompt_tokens += sum(counts)
             self._requests += 1
@@ -162,17 +159,6 @@ class GgufAdapter:
         tokens = self.tokenizer.tokenize(prompt, add_special=add_bos, cancel=cancel, limit=self.n_ctx)
         text.check_context(len(tokens), self.n_ctx, param, what, room)
         return tokens
-
-    @contextlib.contextmanager
-    def _locked(self, cancel: Cancel) -> Iterator[None]:
-        """The embedding model's lock, given up on if the client leaves while waiting for it."""
-        while not self._lock.acquire(timeout=0.05):
-            if cancel:
-                raise InvalidInput("request cancelled while waiting for the model", code=ErrorCode.CANCELLED)
-        try:
-            yield
-        finally:
-            self._lock.release()
 
     def _fim_tokens(self, prefix: str, suffix: str, cancel: Cancel) -> list[int]:
         # Only the metadata counts: llama.cpp also guesses FIM tokens from token names, which a

@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 
 _IDLE_WAIT_S = 0.05  # how often an idle scheduler looks for cancelled waiters
+# Backpressure: a sequence whose reader has this many chunks unread is not decoded until it reads
+# (its client is slow or paused); it keeps its slot and cells meanwhile.
+_MAX_UNREAD = 32
 
 
 class Sequence:
@@ -100,7 +103,9 @@ class Scheduler:
                     self._cv.wait(_IDLE_WAIT_S)  # waiters that do not fit yet
                 continue
             try:
-                self._step()
+                if not self._step():
+                    with self._cv:
+                        self._cv.wait(_IDLE_WAIT_S)  # every running sequence waits for its reader
             except Exception as exc:  # the engine failed: fail what was running, keep serving
                 for seq in list(self._active):
                     self._fail(seq, exc)
@@ -166,7 +171,8 @@ class Scheduler:
         self._lc.llama_memory_seq_rm(self._memory, slot, -1, -1)
         self._slots[slot] = []
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One llama_decode over every running sequence; False when none could go on."""
         batch = self._batch.batch
         n = 0
         outputs: list[tuple[Sequence, int, int]] = []  # (sequence, first batch index, count)
@@ -179,6 +185,8 @@ class Scheduler:
             room = self._n_batch - n
             if room <= 0:
                 break
+            if not seq.in_prompt and seq.events.qsize() >= _MAX_UNREAD:
+                continue
             take = seq.pending[:room]
             if not take:
                 continue
@@ -196,7 +204,7 @@ class Scheduler:
             del seq.pending[: len(take)]
             outputs.append((seq, start, len(take)))
         if n == 0:
-            return
+            return False
         batch.n_tokens = n
         self._counters["peak_sequences"] = max(self._counters.get("peak_sequences", 0), len(outputs))
         code = self._lc.llama_decode(self._ctx.ctx, batch)
@@ -213,6 +221,7 @@ class Scheduler:
                 if seq.prompt_logits:
                     self._put_chunk(seq, seq.stream.prompt_done())
             self._sample(seq, start + count - 1)
+        return True
 
     def _sample(self, seq: Sequence, index: int) -> None:
         if seq.cancel:

@@ -11,12 +11,10 @@ quantization and context come decided in the plan (spec.py).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import os
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 from backends import text
@@ -26,7 +24,6 @@ from backends.contract import (
     Chunks,
     CompletionParams,
     EmbeddingParams,
-    ErrorCode,
     InvalidInput,
     TextChunk,
     TokenLogprob,
@@ -163,7 +160,7 @@ class HfTextAdapter:
             text.check_context(int(lengths.max()), self.context, "input", what="an input", room=0)
             total += int(lengths.sum())
             batches.append(batch)
-        with self._acquire(cancel):
+        with cancel.holding(self._lock):
             for batch in batches:
                 if cancel:
                     break
@@ -191,17 +188,6 @@ class HfTextAdapter:
                    ("bos_token", "eos_token", "unk_token", "pad_token")}
         return self.template.render(messages, tools, **special)
 
-    @contextlib.contextmanager
-    def _acquire(self, cancel: Cancel) -> Iterator[None]:
-        """Hold the model for one request, giving up if the client leaves while waiting."""
-        while not self._lock.acquire(timeout=0.05):
-            if cancel:
-                raise InvalidInput("request cancelled while waiting for the model", code=ErrorCode.CANCELLED)
-        try:
-            yield
-        finally:
-            self._lock.release()
-
     def _generate(self, ids: list[int], params, cancel: Cancel, top: int | None, param: str,
                   echo: bool = False) -> Chunks:
         torch = self._torch
@@ -218,7 +204,7 @@ class HfTextAdapter:
         detok = Detokenizer(self.tokenizer)
         pending: list[TokenLogprob] = []
         produced, finish, offset, hit = 0, "length", 0, False
-        with self._acquire(cancel):
+        with cancel.holding(self._lock):
             self._requests += 1
             if echo:
                 prompt_text = self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -59,7 +59,8 @@ def lone_surrogate(value: Any) -> str | None:
                 return path or "body"
         elif isinstance(item, dict):
             for key, child in item.items():
-                where = f"{path}.{key}" if path else str(key)
+                name = str(key).encode("utf-8", "backslashreplace").decode("utf-8")  # a key may be the culprit
+                where = f"{path}.{name}" if path else name
                 if isinstance(key, str) and not key.isascii() and _SURROGATE.search(key):
                     return where
                 stack.append((where, child))

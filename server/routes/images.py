@@ -73,7 +73,10 @@ def public_base_url(request: Request) -> str:
     configured = services_of(request).settings.public_base_url
     if configured:
         return configured.rstrip("/")
-    host, port = request.scope["server"]
+    server = request.scope.get("server")
+    if not server or server[1] is None:  # a Unix socket: only a proxy in front knows the public name
+        return str(request.base_url).rstrip("/")
+    host, port = server
     host = f"[{host}]" if ":" in host else host
     return f"{request.url.scheme}://{host}:{port}"
 
