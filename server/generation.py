@@ -98,7 +98,8 @@ class Generation:
     async def open(cls, request: Request, spec: BaseSpec, keep_alive: float | None,
                    params: list[Params]) -> Generation:
         services = services_of(request)
-        check_fan_out(params, services.settings.max_request_tokens, lambda: services.arbiter.plan(spec)[0].context_length)
+        check_fan_out(params, services.settings.max_request_tokens,
+                      lambda: services.arbiter.plan(spec)[0].context_length)
 
         async def start() -> Generation:
             started = time.perf_counter()

@@ -169,6 +169,7 @@ class WorkerProcess:
         self._watchdog: asyncio.Task | None = None
         self.last_heard = self.last_output = time.monotonic()
         self.unhealthy: str | None = None  # why the watchdog killed it
+
     @property
     def label(self) -> str:
         return f"{self.plan.model_id}/{self.plan.backend}/pid={self.pid}"
@@ -237,6 +238,8 @@ class WorkerProcess:
             self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
     def watch(self, timeouts: Timeouts) -> None:
+        """Start the watchdog (once loaded: a load has its own timeout, and no heartbeat before)."""
+        self.last_heard = self.last_output = time.monotonic()
         self._watchdog = asyncio.create_task(watch(self, timeouts), name=f"watchdog-{self.pid}")
 
     def text_calls(self) -> list[CallState]:

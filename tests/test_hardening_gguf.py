@@ -182,3 +182,62 @@ def test_llama_scheduler_stops_decoding_a_sequence_its_reader_stopped_reading():
         chunks.close()
     finally:
         adapter.close()
+
+
+# ---- finding 3, the tokenizer alone ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def confusable(tmp_path_factory):
+    """A SentencePiece vocabulary where merges overlap everywhere (every 2-4 letter string over a
+    small alphabet, spaces included, half of them in, random scores): windows that cut a merge
+    wrongly would show."""
+    import itertools
+    import random
+
+    import llama_cpp
+
+    rng = random.Random(1)
+    pieces = {"".join(c): -rng.random() * 10 for n in (2, 3, 4) for c in itertools.product("ab\u2581c", repeat=n)
+              if rng.random() < 0.5}
+    path = tmp_path_factory.mktemp("vocab") / "confusable.gguf"
+    tiny.write_llama(path, pieces=pieces)
+    llama = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    yield llama
+    llama.close()
+
+
+def test_windowed_tokenization_gives_exactly_the_tokens_of_one_call(confusable):
+    import random
+
+    import llama_cpp
+
+    from backends.contract import Cancel
+    from backends.gguf.tokenizer import PromptTokenizer
+
+    rng = random.Random(7)
+    alphabets = [list("abc "), ["a", "b", "c", " ", "  ", "é", "😀", "\n", "<|im_start|>", "<|im_end|>", "aaaa", "\u2581"],
+                 ["a", "aa", " ", "b"]]
+    for window, overlap in ((64, 32), (40, 16), (200, 64)):
+        tokenizer = PromptTokenizer(llama_cpp, confusable, window=window, overlap=overlap)
+        for _ in range(300):
+            alphabet = rng.choice(alphabets)
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(200, 600)))
+            expected = confusable.tokenize(text.encode(), add_bos=True, special=True)
+            assert tokenizer.tokenize(text, add_special=True, cancel=Cancel()) == expected, text
+
+
+def test_tokenizing_stops_when_cancelled_or_past_the_limit(confusable):
+    import llama_cpp
+
+    from backends.contract import Cancel, ErrorCode, InvalidInput
+    from backends.gguf.tokenizer import PromptTokenizer
+
+    tokenizer = PromptTokenizer(llama_cpp, confusable)
+    word = "é" * 1_000_000  # one call: minutes of quadratic work on this byte-fallback vocabulary
+    assert len(tokenizer.tokenize(word, add_special=True, cancel=Cancel(), limit=5000)) < 40_000
+    cancel = Cancel()
+    cancel.set()
+    with pytest.raises(InvalidInput) as caught:
+        tokenizer.tokenize(word, add_special=True, cancel=cancel)
+    assert caught.value.code == ErrorCode.CANCELLED
