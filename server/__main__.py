@@ -38,9 +38,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def serve(settings: Settings) -> int:
-    import uvicorn
-
     from server.app import ConfigError, create_app
+    from server.listener import uvicorn_server
     from server.registry import RegistryError
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -49,8 +48,7 @@ def serve(settings: Settings) -> int:
     except (RegistryError, ConfigError) as exc:
         print(f"modelyard: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s), access_log=False)
+    uvicorn_server(app, settings).run()
     return 0
 
 

@@ -25,6 +25,7 @@ from server.security import SecurityMiddleware
 from server.services import Services
 from server.settings import Settings
 from server.warm import WarmStore
+from server.watchdog import Timeouts
 from server.worker_client import WorkerFactory
 
 log = logging.getLogger("modelyard")
@@ -79,7 +80,9 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         warm = WarmStore(settings.park_dir) if ram_budget else None
-        arbiter = Arbiter(budget, factory or WorkerFactory(), probe, warm=warm, **arbiter_kwargs)
+        timeouts = Timeouts(heartbeat_s=settings.worker_heartbeat_timeout_s,
+                            first_token_s=settings.first_token_timeout_s, inter_token_s=settings.inter_token_timeout_s)
+        arbiter = Arbiter(budget, factory or WorkerFactory(timeouts=timeouts), probe, warm=warm, **arbiter_kwargs)
         images = ImageStore(ttl_s=settings.image_ttl_s, max_bytes=settings.image_store_mb * 1024 * 1024)
         app.state.services = services = Services(settings, registry, arbiter, metrics, probe, device, images,
                                                  ScratchDir(), int(time.time()))

@@ -741,10 +741,11 @@ class Arbiter:
             return
         log.error("%s exited unexpectedly; it will be started again on the next request", resident)
         self._begin_unload(resident)
+        reason = "hung" if getattr(worker, "unhealthy", None) else "crashed"  # killed by server/watchdog.py
 
         async def reap() -> None:
             await self._probe.wait_released(worker.pid, self._unload_timeout_s)
-            self._forget(resident, "crashed")
+            self._forget(resident, reason)
 
         self._spawn(reap())
 

@@ -32,8 +32,9 @@ SPECIAL = ["<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|
 def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2, heads: int = 4,
                 ffn: int | None = None, context: int = 2048, dtype=np.float32, fim: bool = True,
                 chat_template: str | None = CHAT_TEMPLATE, pooling: bool = False, seed: int = 0,
-                kv_heads: int | None = None, q4_0: bool = False) -> None:
-    """A llama-architecture GGUF with an SPM byte-fallback vocabulary of `vocab` tokens.
+                kv_heads: int | None = None, q4_0: bool = False, pieces: dict[str, float] | None = None) -> None:
+    """A llama-architecture GGUF with an SPM byte-fallback vocabulary of `vocab` tokens; `pieces`
+    (text -> merge score) replaces the filler pieces, for tests of tokenization itself.
 
     `q4_0` stores every matrix as Q4_0 blocks of random nibbles under one small scale, made once per
     shape and reused: a real-size quantized file (an 8B shape is 4.5 GB) written in seconds."""
@@ -48,12 +49,16 @@ def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2,
     types += [gguf.TokenType.BYTE] * 256
     tokens.append("\u2581")  # the SPM space piece, so spaces decode as spaces
     types.append(gguf.TokenType.NORMAL)
-    filler = vocab - len(tokens)
-    if filler < 0:
-        raise ValueError(f"vocab must be at least {len(tokens)}")
-    tokens += [f"\u2581w{i}" for i in range(filler)]  # ordinary pieces, only to reach the size asked
-    types += [gguf.TokenType.NORMAL] * filler
-    scores = [0.0] * (3 + len(SPECIAL) + 256) + [-1.0] + [-float(i + 2) for i in range(filler)]
+    scores = [0.0] * (3 + len(SPECIAL) + 256) + [-1.0]
+    if pieces is None:
+        filler = vocab - len(tokens)
+        if filler < 0:
+            raise ValueError(f"vocab must be at least {len(tokens)}")
+        pieces = {f"\u2581w{i}": -float(i + 2) for i in range(filler)}  # ordinary pieces, to reach the size
+    vocab = len(tokens) + len(pieces)
+    tokens += list(pieces)
+    types += [gguf.TokenType.NORMAL] * len(pieces)
+    scores += list(pieces.values())
 
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_context_length(context)

@@ -95,8 +95,8 @@ class FakeAdapter:
                 break
             if crash_after is not None and produced >= crash_after:
                 os.abort()  # what a native engine failure looks like to the server
-            while self.plan.hang_generation:
-                time.sleep(3600)
+            while self.plan.hang_generation or produced == self.plan.hang_after_tokens:
+                time.sleep(3600)  # an engine stuck in native code: the worker's heartbeat goes on
             if self.plan.token_latency_s:
                 time.sleep(self.plan.token_latency_s)
                 if cancel:

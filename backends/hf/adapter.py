@@ -11,12 +11,10 @@ quantization and context come decided in the plan (spec.py).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,6 @@ from backends.contract import (
     Chunks,
     CompletionParams,
     EmbeddingParams,
-    ErrorCode,
     InvalidInput,
     TextChunk,
     TokenLogprob,
@@ -70,6 +67,10 @@ class HfTextAdapter:
         self.template = text.ChatTemplate(plan.chat_template or self.tokenizer.chat_template)
         self.fim = fim_tokens(self.tokenizer)
         self.guidance = Guidance(self.tokenizer, self.vocab, self.eos_ids)
+        # No token spells more bytes than its vocabulary entry (byte-level BPE and SentencePiece
+        # entries are longer than their text): prompts longer than the context x this are refused
+        # before tokenizing.
+        self.longest_token_bytes = max(len(t.encode("utf-8")) for t in self.tokenizer.get_vocab())
         accepted = inspect.signature(self.model.forward).parameters
         self._keep_arg = "logits_to_keep" in accepted
         # transformers 5.2x renamed past_key_values to cache (the old name warns)
@@ -140,6 +141,7 @@ class HfTextAdapter:
     def chat(self, params: ChatParams, cancel: Cancel) -> Chunks:
         self._need_causal()
         prompt = self.render(params.messages, params.tools)
+        text.check_bytes(prompt, self.context, self.longest_token_bytes, "messages")
         ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
         top = params.top_logprobs if params.logprobs else None
         return (yield from self._generate(ids, params, cancel, top, "messages"))
@@ -152,6 +154,7 @@ class HfTextAdapter:
                 raise text.no_fill_in_the_middle(self.model_id)
             prefix_tok, suffix_tok, middle_tok = self.fim
             prompt = f"{prefix_tok}{prompt}{suffix_tok}{params.suffix}{middle_tok}"
+        text.check_bytes(prompt, self.context, self.longest_token_bytes, "prompt")
         ids = self.tokenizer(prompt).input_ids
         echo = params.echo and params.suffix is None
         return (yield from self._generate(ids, params, cancel, params.logprobs, "prompt", echo=echo))
@@ -169,14 +172,21 @@ class HfTextAdapter:
         self.tokenizer.padding_side = "right"
         vectors: list[list[float]] = []
         total = 0
-        with self._acquire(cancel):
-            for start in range(0, len(params.inputs), 16):
+        batches = []
+        for i, item in enumerate(params.inputs):
+            text.check_bytes(item, self.context, self.longest_token_bytes, "input", what=f"input {i}")
+        for start in range(0, len(params.inputs), 16):  # tokenized outside the lock: it holds up no one
+            if cancel:
+                break
+            batch = self.tokenizer(params.inputs[start:start + 16], padding=True, return_tensors="pt")
+            lengths = batch["attention_mask"].sum(dim=1)
+            text.check_context(int(lengths.max()), self.context, "input", what="an input", room=0)
+            total += int(lengths.sum())
+            batches.append(batch)
+        with cancel.holding(self._lock):
+            for batch in batches:
                 if cancel:
                     break
-                batch = self.tokenizer(params.inputs[start:start + 16], padding=True, return_tensors="pt")
-                lengths = batch["attention_mask"].sum(dim=1)
-                text.check_context(int(lengths.max()), self.context, "input", what="an input", room=0)
-                total += int(lengths.sum())
                 batch = {k: v.to(self.model.device) for k, v in batch.items()}
                 extra = {"logits_to_keep": 1} if self._keep_arg else {}
                 with torch.inference_mode():
@@ -201,17 +211,6 @@ class HfTextAdapter:
                    ("bos_token", "eos_token", "unk_token", "pad_token")}
         return self.template.render(messages, tools, **special)
 
-    @contextlib.contextmanager
-    def _acquire(self, cancel: Cancel) -> Iterator[None]:
-        """Hold the model for one request, giving up if the client leaves while waiting."""
-        while not self._lock.acquire(timeout=0.05):
-            if cancel:
-                raise InvalidInput("request cancelled while waiting for the model", code=ErrorCode.CANCELLED)
-        try:
-            yield
-        finally:
-            self._lock.release()
-
     def _generate(self, ids: list[int], params, cancel: Cancel, top: int | None, param: str,
                   echo: bool = False) -> Chunks:
         torch = self._torch
@@ -228,7 +227,7 @@ class HfTextAdapter:
         detok = Detokenizer(self.tokenizer)
         pending: list[TokenLogprob] = []
         produced, finish, offset, hit = 0, "length", 0, False
-        with self._acquire(cancel):
+        with cancel.holding(self._lock):
             self._requests += 1
             if echo:
                 prompt_text = self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -9,12 +9,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from backends.spec import parse_keep_alive
-from server.protocol.common import WireModel
+from server.protocol.common import RequestBody
 
 InputText = Annotated[str, Field(max_length=1_000_000)]
 
 
-class EmbeddingRequest(WireModel):
+class EmbeddingRequest(RequestBody):
     model: str = Field(min_length=1, max_length=256)
     input: InputText | list[InputText] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"

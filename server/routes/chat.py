@@ -9,9 +9,10 @@ from typing import Any, cast
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from backends import schema_limits
 from backends.capability import Capability
 from backends.contract import ChatParams, TextChunk, TextResult
-from server.errors import InvalidRequest
+from server.errors import InvalidRequest, UnsupportedCapability
 from server.generation import Generation, model_for, sse, sse_response, until_disconnected
 from server.protocol import chat as wire
 from server.protocol import logprobs as lp
@@ -50,9 +51,29 @@ def per_choice(params: ChatParams, n: int) -> list[ChatParams]:
     return [dataclasses.replace(params, seed=params.seed + i) for i in range(n)]
 
 
+def check_request(body: wire.ChatCompletionRequest, spec) -> None:
+    """What no engine could serve, refused before a model is touched: content parts a text model
+    cannot read, schemas past what constrained decoding allows (backends/schema_limits.py)."""
+    for i, message in enumerate(body.messages):
+        for j, part in enumerate(message.content if isinstance(message.content, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise UnsupportedCapability(f"model {spec.id} reads text only; messages[{i}].content[{j}] is a "
+                                            f"{kind!r} part", param=f"messages.{i}.content.{j}")
+    schemas = [(t.function.parameters, f"tools.{i}.function.parameters") for i, t in enumerate(body.tools or [])]
+    if body.response_format is not None and body.response_format.json_schema is not None:
+        schemas.append((body.response_format.json_schema.schema_, "response_format.json_schema.schema"))
+    for schema, path in schemas:
+        try:
+            schema_limits.check(schema or {}, path)
+        except schema_limits.SchemaTooComplex as exc:
+            raise InvalidRequest(str(exc), param=exc.path) from None
+
+
 @router.post("/v1/chat/completions")
 async def create_chat_completion(request: Request, body: wire.ChatCompletionRequest):
     spec = model_for(request, body.model, Capability.CHAT)
+    check_request(body, spec)
     plan = tool_plan(body)
     generation = await Generation.open(request, spec, body.keep_alive, per_choice(engine_params(body, plan), body.n))
     cid, created = new_id("chatcmpl"), now()
