@@ -12,9 +12,10 @@ method: it yields chunks as they are produced and returns its result. Cancellati
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -35,6 +36,17 @@ class Cancel:
 
     def __bool__(self) -> bool:  # `if cancel:` reads naturally in engine loops
         return self._event.is_set()
+
+    @contextlib.contextmanager
+    def holding(self, lock: threading.Lock) -> Iterator[None]:
+        """Hold `lock` (a model one request uses at a time), giving up if cancelled while waiting."""
+        while not lock.acquire(timeout=0.05):
+            if self:
+                raise InvalidInput("request cancelled while waiting for the model", code=ErrorCode.CANCELLED)
+        try:
+            yield
+        finally:
+            lock.release()
 
 
 class ErrorCode(StrEnum):
@@ -347,8 +359,9 @@ Chunks = Generator[Any, None, Any]  # yields a Chunk, returns a Result
 
 
 # ---- the pipe's messages (one JSON object per line) ------------------------------------------
-# server -> worker: first a Handshake, then CallMessage | ControlMessage.
-# worker -> server: first ReadyMessage | LoadErrorMessage, then replies tagged with the call's id.
+# server -> worker: first a Handshake, then CallMessage | ControlMessage | FlowMessage.
+# worker -> server: first ReadyMessage | LoadErrorMessage, then replies tagged with the call's id,
+# and a HeartbeatMessage every HEARTBEAT_INTERVAL_S.
 
 
 class Handshake(TypedDict):
@@ -378,6 +391,24 @@ class ParkMessage(TypedDict):
 
 class ParkResult(TypedDict):
     bytes: int  # what the warm copy takes in RAM
+
+
+class FlowMessage(TypedDict):
+    """Backpressure: the server holds more of this call's chunks than its client has read, so the
+    worker stops producing them (paused) until told to go on."""
+
+    op: Literal["flow"]
+    id: int
+    paused: bool
+
+
+class HeartbeatMessage(TypedDict):
+    """worker -> server every HEARTBEAT_INTERVAL_S: a stopped or wedged worker falls silent."""
+
+    op: Literal["heartbeat"]
+
+
+HEARTBEAT_INTERVAL_S = 0.5
 
 
 class ReadyMessage(TypedDict):

@@ -21,6 +21,7 @@ from backends.capability import Capability
 from backends.plan import Device, LoadPlan
 
 FOREVER = math.inf  # a keep-alive that never expires (-1 in models.yaml and requests)
+MAX_KEEP_ALIVE_S = 10**9  # ~31 years; longer is what -1 (forever) is for
 
 # The fit ladder's rungs, in the order they are tried on a model too large for the budget as
 # configured (server/ladder.py). Each applies on top of the one before it, as llama.cpp's --fit
@@ -37,6 +38,8 @@ def parse_keep_alive(value: Any) -> float:
     """Seconds from 300, "300", "5m", "1h", "-1"; any negative means FOREVER."""
     if isinstance(value, bool) or value is None:
         raise ValueError("keep_alive must be seconds or a duration like '5m'")
+    if isinstance(value, int) and abs(value) > MAX_KEEP_ALIVE_S:  # before float(): 10**400 overflows it
+        raise ValueError(f"keep_alive must be at most {MAX_KEEP_ALIVE_S} seconds (-1 keeps the model loaded)")
     if isinstance(value, int | float):
         seconds = float(value)
     else:
@@ -44,8 +47,8 @@ def parse_keep_alive(value: Any) -> float:
         if not match:
             raise ValueError(f"keep_alive {value!r} is not seconds or a duration like '5m'")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if not math.isfinite(seconds):
-        raise ValueError("keep_alive must be finite")
+    if not math.isfinite(seconds) or seconds > MAX_KEEP_ALIVE_S:
+        raise ValueError(f"keep_alive must be at most {MAX_KEEP_ALIVE_S} seconds (-1 keeps the model loaded)")
     return FOREVER if seconds < 0 else seconds
 
 

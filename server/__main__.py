@@ -11,6 +11,7 @@ import typing
 
 import httpx
 
+from server import commands as model_commands
 from server.settings import Settings
 
 
@@ -37,9 +38,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def serve(settings: Settings) -> int:
-    import uvicorn
-
     from server.app import ConfigError, create_app
+    from server.listener import uvicorn_server
     from server.registry import RegistryError
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -48,8 +48,7 @@ def serve(settings: Settings) -> int:
     except (RegistryError, ConfigError) as exc:
         print(f"modelyard: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s), access_log=False)
+    uvicorn_server(app, settings).run()
     return 0
 
 
@@ -150,8 +149,14 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("model", nargs="?", help="a model id or alias")
             sub.add_argument("--all", action="store_true", help="every model in the registry")
             sub.add_argument("--json", action="store_true", help="the raw /admin/plan answer")
+    for name, help_text in model_commands.COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text)
+        add_settings_flags(sub)
+        model_commands.add_arguments(name, sub)
     args = parser.parse_args(argv)
     settings = settings_from(args)
+    if args.command in model_commands.COMMANDS:  # pull, add, models, doctor: server/commands.py
+        return model_commands.run(args.command, args, settings)
     if args.command == "serve":
         return serve(settings)
     if args.command == "ps":

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import BackendError, error_response
+from server.logtext import printable
 
 log = logging.getLogger("modelyard.access")
 _MODEL = "modelyard.model"  # the per-request values a route hands back to this middleware
@@ -63,7 +64,8 @@ class AccessMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception:
             # Answer here, not in Starlette's outer error middleware, so the reply keeps its request id.
-            log.exception("%s unhandled error on %s %s", request_id, scope["method"], scope["path"])
+            log.exception("%s unhandled error on %s %s", request_id, printable(scope["method"]),
+                          printable(scope["path"]))
             if not started_response:
                 await error_response(BackendError("internal server error"), scope["path"])(scope, receive, send_with_id)
         finally:
@@ -74,5 +76,5 @@ class AccessMiddleware:
             endpoint = getattr(route, "path", "other")
             model = state.get(_MODEL)
             self.metrics.observe_request(endpoint, model, status, elapsed)
-            log.info("%s %s %s %d %.3fs %s", request_id, scope["method"], scope["path"], status, elapsed,
-                     model or "-")
+            log.info("%s %s %s %d %.3fs %s", request_id, printable(scope["method"]), printable(scope["path"]),
+                     status, elapsed, model or "-")

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from backends.contract import TextChunk, TextResult, TokenLogprob
-from server.generation import Generation
 from backends.tools import ToolFormat
+from server.generation import Generation
 from server.tool_syntax import Parser, Text, ToolCall, parser_for
 
 

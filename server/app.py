@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import errors
+from server import discovery, errors, gateway
 from server.access import AccessMiddleware
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
@@ -39,6 +39,7 @@ from server.security import SecurityMiddleware
 from server.services import Services
 from server.settings import Settings
 from server.warm import WarmStore
+from server.watchdog import Timeouts
 from server.worker_client import WorkerFactory
 
 log = logging.getLogger("modelyard")
@@ -54,9 +55,11 @@ class ConfigError(Exception):
 
 
 def allowed_model_dirs(settings: Settings) -> list[Path]:
+    """MODELYARD_MODEL_DIRS, or by default: the registry's directory, the demo cache and the stores
+    `pull` downloads into and `models --discover` reads (Hugging Face cache, Ollama, LM Studio)."""
     if settings.model_dirs:
         return [Path(d).expanduser() for d in settings.model_dirs]
-    return [settings.models.resolve().parent, settings.cache_dir.expanduser()]
+    return [settings.models.resolve().parent, settings.cache_dir.expanduser(), *discovery.store_roots()]
 
 
 def check_exposure(settings: Settings) -> None:
@@ -92,11 +95,16 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         warm = WarmStore(settings.park_dir) if ram_budget else None
-        arbiter = Arbiter(budget, factory or WorkerFactory(), probe, warm=warm, **arbiter_kwargs)
+        timeouts = Timeouts(heartbeat_s=settings.worker_heartbeat_timeout_s,
+                            first_token_s=settings.first_token_timeout_s, inter_token_s=settings.inter_token_timeout_s)
+        arbiter = Arbiter(budget, factory or WorkerFactory(timeouts=timeouts), probe, warm=warm, **arbiter_kwargs)
         images = ImageStore(ttl_s=settings.image_ttl_s, max_bytes=settings.image_store_mb * 1024 * 1024)
         responses = ResponseStore(settings.response_ttl_s, settings.response_store_max)
         app.state.services = services = Services(settings, registry, arbiter, metrics, probe, device, images,
                                                  ScratchDir(), responses, int(time.time()))
+        specs = {spec.id: spec for spec in registry}
+        metrics.watch_gateway(gateway.GatewayCollector(
+            lambda: gateway.occupancy(arbiter.snapshot(), specs, lambda spec: arbiter.plan(spec)[0])))
         metrics.memory(0.0, budget, {})
         metrics.ram_budget.set(ram_budget * 1024 * 1024)
         for spec in registry:

@@ -741,10 +741,11 @@ class Arbiter:
             return
         log.error("%s exited unexpectedly; it will be started again on the next request", resident)
         self._begin_unload(resident)
+        reason = "hung" if getattr(worker, "unhealthy", None) else "crashed"  # killed by server/watchdog.py
 
         async def reap() -> None:
             await self._probe.wait_released(worker.pid, self._unload_timeout_s)
-            self._forget(resident, "crashed")
+            self._forget(resident, reason)
 
         self._spawn(reap())
 
@@ -1025,6 +1026,7 @@ class Arbiter:
             "parked_mb": round(self.parked_mb, 1),
             "max_wait_s": self.max_wait_s,
             "waiting": self.waiting,
+            "wanted": sorted(self._wanted),  # models requests are waiting for
             "loading": self.loading(),
             "loads": self.loads,
             "evictions": dict(self.evictions),

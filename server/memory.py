@@ -46,6 +46,18 @@ class MemoryProbe:
             return None
         return self._nvml.nvmlDeviceGetMemoryInfo(self._handle).total / MIB
 
+    def device_used_mb(self) -> float | None:
+        """Memory in use on the whole device (every process, and what the driver holds); None on a CPU."""
+        if not self.gpu:
+            return None
+        return self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / MIB
+
+    def device_name(self) -> str | None:
+        if not self.gpu:
+            return None
+        name = self._nvml.nvmlDeviceGetName(self._handle)
+        return name.decode() if isinstance(name, bytes) else str(name)
+
     def process_mb(self, pid: int) -> float | None:
         """Memory the process holds on the device (GPU) or in RAM (CPU); None if unknown."""
         if self.gpu:

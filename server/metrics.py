@@ -14,7 +14,7 @@ from prometheus_client.metrics_core import Metric
 
 MIB = 1024 * 1024
 LOAD_RESULTS = ("success", "failure", "timeout")
-EVICTION_REASONS = ("capacity", "drained", "over_budget", "keep_alive", "admin", "crashed", "shutdown")
+EVICTION_REASONS = ("capacity", "drained", "over_budget", "keep_alive", "admin", "crashed", "hung", "shutdown")
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _LOAD = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)  # up to the default load timeout
 _TOKEN_GAP = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -106,6 +106,10 @@ class Metrics:
                 self.loads.labels(model, result)
             for reason in EVICTION_REASONS:
                 self.evictions.labels(model, reason)
+
+    def watch_gateway(self, collector) -> None:
+        """Export the inference gateway's view (server/gateway.py), read from the arbiter at scrape time."""
+        self.registry.register(collector)
 
     def model(self, name: str | None) -> str:
         return name if name in self._models else "unknown"

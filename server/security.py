@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 from fastapi import HTTPException
 from starlette.datastructures import Headers
@@ -36,12 +37,18 @@ class KeyRing:
         return matched
 
 
+# host [":" port], the host a name or a bracketed IPv6 address: nothing else (no userinfo, no path)
+_AUTHORITY = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::[0-9]{1,5})?")
+
+
 def host_allowed(host_header: str) -> bool:
-    host = host_header.strip()
-    if host.startswith("["):  # [::1]:8000
-        host = host[1 : host.find("]")] if "]" in host else host
-    else:
-        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    """A Host header naming this machine's loopback (DNS rebinding: an attacker's name resolving
+    to 127.0.0.1 still says its own name here). `localhost:1@evil.example` or
+    `localhost:80.evil.example` are not an authority with host localhost, so they are refused."""
+    match = _AUTHORITY.fullmatch(host_header.strip())
+    if match is None:
+        return False
+    host = match["ipv6"] or match["name"]
     return host.lower() == "localhost" or is_loopback(host)
 
 

@@ -62,6 +62,32 @@ class Settings(BaseSettings):
         30.0, ge=0, le=86400, description="Aging bound: past it, a request's model is swapped in even if "
         "busy models must drain; below it, the resident model keeps serving its own queue (0: swap at once).")
     shutdown_grace_s: float = Field(30.0, ge=0, description="How long in-flight requests may finish.")
+    # ---- hardening: connections (server/connections.py), fan-out, hung engines (server/watchdog.py)
+    max_connections: int | None = Field(
+        None, ge=1, description="Open connections at most; past it the oldest idle one is closed, or the new one "
+        "refused with 503 (default: seven eighths of the open-file limit).")
+    header_timeout_s: float = Field(10.0, gt=0, description="Longest a request's headers may take to arrive "
+                                    "(and a new connection may stay silent).")
+    body_timeout_s: float = Field(120.0, gt=0, description="Longest a request body may take to arrive, all of it.")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="How long an idle keep-alive connection stays open.")
+    max_header_bytes: int = Field(32 * 1024, ge=1024, description="Cap on a request's headers (431 past it).")
+    write_stall_timeout_s: float = Field(
+        60.0, gt=0, description="How long a client may leave a response unread before it is dropped.")
+    max_request_tokens: int = Field(
+        262_144, ge=1, description="Cap on the tokens one request may ask for: prompts x n x max_tokens "
+        "(max_tokens counted up to the model's context).")
+    first_token_timeout_s: float = Field(
+        600.0, gt=0, description="Longest a model may work on its requests without producing a first token "
+        "before its worker is declared hung (504) and restarted.")
+    inter_token_timeout_s: float = Field(
+        120.0, gt=0, description="Longest a generating model may go without producing a token before its "
+        "worker is declared hung (504) and restarted.")
+    worker_heartbeat_timeout_s: float = Field(
+        20.0, gt=0, description="A worker not heard from for this long (stopped, wedged) is killed and restarted.")
+    public_base_url: str | None = Field(
+        None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="Base URL for links the server hands out (image URLs), e.g. https://ai.example.com "
+        "(default: the address the request arrived on).")
     log_level: str = Field("info", description="Log level.")
 
     @field_validator("api_keys", "cors_origins", "model_dirs", mode="before")

@@ -32,8 +32,13 @@ SPECIAL = ["<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|
 
 def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2, heads: int = 4,
                 ffn: int | None = None, context: int = 2048, dtype=np.float32, fim: bool = True,
-                chat_template: str | None = CHAT_TEMPLATE, pooling: bool = False, seed: int = 0) -> None:
-    """A llama-architecture GGUF with an SPM byte-fallback vocabulary of `vocab` tokens."""
+                chat_template: str | None = CHAT_TEMPLATE, pooling: bool = False, seed: int = 0,
+                kv_heads: int | None = None, q4_0: bool = False, pieces: dict[str, float] | None = None) -> None:
+    """A llama-architecture GGUF with an SPM byte-fallback vocabulary of `vocab` tokens; `pieces`
+    (text -> merge score) replaces the filler pieces, for tests of tokenization itself.
+
+    `q4_0` stores every matrix as Q4_0 blocks of random nibbles under one small scale, made once per
+    shape and reused: a real-size quantized file (an 8B shape is 4.5 GB) written in seconds."""
     import gguf
 
     ffn = ffn or dim * 2
@@ -45,27 +50,33 @@ def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2,
     types += [gguf.TokenType.BYTE] * 256
     tokens.append("\u2581")  # the SPM space piece, so spaces decode as spaces
     types.append(gguf.TokenType.NORMAL)
-    filler = vocab - len(tokens)
-    if filler < 0:
-        raise ValueError(f"vocab must be at least {len(tokens)}")
-    tokens += [f"\u2581w{i}" for i in range(filler)]  # ordinary pieces, only to reach the size asked
-    types += [gguf.TokenType.NORMAL] * filler
-    if chat_template and TOOL_OPEN in chat_template and filler >= 2:
+    scores = [0.0] * (3 + len(SPECIAL) + 256) + [-1.0]
+    if pieces is None:
+        filler = vocab - len(tokens)
+        if filler < 0:
+            raise ValueError(f"vocab must be at least {len(tokens)}")
+        pieces = {f"\u2581w{i}": -float(i + 2) for i in range(filler)}  # ordinary pieces, to reach the size
+    vocab = len(tokens) + len(pieces)
+    tokens += list(pieces)
+    types += [gguf.TokenType.NORMAL] * len(pieces)
+    scores += list(pieces.values())
+    if chat_template and TOOL_OPEN in chat_template and len(pieces) >= 2:
         # The last two ids, so every other token keeps its id (and its weights) from before.
         tokens[-2:] = [TOOL_OPEN, TOOL_CLOSE]
         types[-2:] = [gguf.TokenType.USER_DEFINED] * 2
-    scores = [0.0] * (3 + len(SPECIAL) + 256) + [-1.0] + [-float(i + 2) for i in range(filler)]
 
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_context_length(context)
     writer.add_embedding_length(dim)
     writer.add_block_count(layers)
     writer.add_feed_forward_length(ffn)
+    kv_heads = kv_heads or heads
     writer.add_head_count(heads)
-    writer.add_head_count_kv(heads)
+    writer.add_head_count_kv(kv_heads)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(dim // heads)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == np.float16 else gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if q4_0 else
+                         gguf.LlamaFileType.MOSTLY_F16 if dtype == np.float16 else gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
@@ -84,21 +95,34 @@ def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2,
     if pooling:
         writer.add_pooling_type(gguf.PoolingType.MEAN)
 
-    def tensor(*shape: int):
-        return (rng.standard_normal(shape) * 0.05).astype(dtype)
+    blocks: dict[tuple[int, int], np.ndarray] = {}
+
+    def add(name: str, *shape: int) -> None:
+        if not q4_0:
+            writer.add_tensor(name, (rng.standard_normal(shape) * 0.05).astype(dtype))
+            return
+        if shape not in blocks:  # 32 weights a block: an f16 scale, then 16 bytes of nibbles
+            rows, cols = shape
+            block = rng.integers(0, 256, (rows, cols // 32, 18), dtype=np.uint8)
+            block[:, :, 0:2] = np.frombuffer(np.float16(0.01).tobytes(), dtype=np.uint8)
+            blocks[shape] = block.reshape(rows, cols // 32 * 18)
+        writer.add_tensor(name, blocks[shape], raw_dtype=gguf.GGMLQuantizationType.Q4_0)
 
     norm = np.ones(dim, dtype=np.float32)
-    writer.add_tensor("token_embd.weight", tensor(vocab, dim))
+    kv_dim = dim * kv_heads // heads
+    add("token_embd.weight", vocab, dim)
     for i in range(layers):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", norm)
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(f"blk.{i}.{name}.weight", tensor(dim, dim))
+        add(f"blk.{i}.attn_q.weight", dim, dim)
+        add(f"blk.{i}.attn_k.weight", kv_dim, dim)
+        add(f"blk.{i}.attn_v.weight", kv_dim, dim)
+        add(f"blk.{i}.attn_output.weight", dim, dim)
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", norm)
-        writer.add_tensor(f"blk.{i}.ffn_gate.weight", tensor(ffn, dim))
-        writer.add_tensor(f"blk.{i}.ffn_up.weight", tensor(ffn, dim))
-        writer.add_tensor(f"blk.{i}.ffn_down.weight", tensor(dim, ffn))
+        add(f"blk.{i}.ffn_gate.weight", ffn, dim)
+        add(f"blk.{i}.ffn_up.weight", ffn, dim)
+        add(f"blk.{i}.ffn_down.weight", dim, ffn)
     writer.add_tensor("output_norm.weight", norm)
-    writer.add_tensor("output.weight", tensor(vocab, dim))
+    add("output.weight", vocab, dim)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -141,7 +141,7 @@ class FakeAdapter:
                 break
             if self.plan.crash_after_tokens is not None and produced >= self.plan.crash_after_tokens:
                 os.abort()  # what a native engine failure looks like to the server
-            if self._wait(cancel):
+            if self._wait(cancel, produced):
                 finish = "cancelled"
                 break
             produced += 1
@@ -159,10 +159,10 @@ class FakeAdapter:
                               "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": produced}}
         return result
 
-    def _wait(self, cancel: Cancel) -> bool:
+    def _wait(self, cancel: Cancel, produced: int) -> bool:
         """The simulated time a token takes (or forever); whether the client left meanwhile."""
-        while self.plan.hang_generation:
-            time.sleep(3600)
+        while self.plan.hang_generation or produced == self.plan.hang_after_tokens:
+            time.sleep(3600)  # an engine stuck in native code: the worker's heartbeat goes on
         if self.plan.token_latency_s:
             time.sleep(self.plan.token_latency_s)
         return bool(cancel)

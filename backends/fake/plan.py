@@ -26,6 +26,7 @@ class FakePlan(LoadPlan):
     crash_after_tokens: int | None
     hang_load: bool
     hang_generation: bool
+    hang_after_tokens: int | None
     allocate: bool
     resume_seconds: float = 0.0
     park_seconds: float = 0.0

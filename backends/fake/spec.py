@@ -23,6 +23,7 @@ class FakeOptions(BaseModel):
     crash_after_tokens: int | None = Field(None, ge=0)
     hang_load: bool = False
     hang_generation: bool = False
+    hang_after_tokens: int | None = Field(None, ge=0, description="Wedge (heartbeat alive) after this many tokens.")
     context_length: int = Field(4096, ge=16)
     allocate: bool = Field(False, description="Really allocate memory_mb (measured memory is real).")
     resume_seconds: float = Field(0.0, ge=0, le=3600, description="Load time from the warm tier.")

@@ -1,4 +1,5 @@
-"""Constrained JSON output for Hugging Face models with llguidance: a token mask per step."""
+"""Constrained JSON output for Hugging Face models (backends/guidance.py): the tokenizer as llguidance
+sees it, and the mask applied to a torch logits row."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 from typing import Any
 
 from backends.contract import InvalidInput
+from backends.guidance import allowed_tokens, new_matcher
 
 
 class Guidance:
@@ -19,7 +21,6 @@ class Guidance:
 
     def matcher(self, schema: dict[str, Any]):
         try:
-            import llguidance
             import llguidance.hf
         except ImportError:
             raise InvalidInput("constrained JSON output needs the llguidance package on the server",
@@ -27,19 +28,11 @@ class Guidance:
         if self._compiled is None:
             self._compiled = llguidance.hf.from_tokenizer(self._tokenizer, n_vocab=self._n_vocab,
                                                           eos_token=sorted(self._eos_ids) or None)
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self._compiled)
-        if is_error:
-            raise InvalidInput(f"response_format schema is not usable: {messages[0]}", param="response_format")
-        return llguidance.LLMatcher(self._compiled, grammar, log_level=0)
+        return new_matcher(self._compiled, schema)
 
     def mask(self, matcher, logits) -> None:
         """Set every token the grammar forbids next to -inf, in place."""
         import torch
 
-        if matcher.is_error():
-            raise RuntimeError(f"constrained decoding failed: {matcher.get_error()}")
-        words = torch.frombuffer(bytearray(matcher.compute_bitmask()), dtype=torch.int32)
-        bits = (words.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
-        allowed = bits.flatten()[: self._n_vocab].to(torch.bool).to(logits.device)
+        allowed = torch.from_numpy(allowed_tokens(matcher, self._n_vocab)).to(logits.device)
         logits[: self._n_vocab][~allowed] = -math.inf

@@ -56,6 +56,7 @@ class HfPlan(LoadPlan):
     embedding: bool  # serves pooled embeddings
     weights_bytes: float  # as they will sit in memory, from the safetensors headers
     shape: Shape
+    decode: Literal["dynamic", "static", "cuda-graphs"] = "dynamic"  # backends/hf/decode.py
 
     def estimate(self) -> MemoryEstimate:
         element = DTYPE_BYTES[self.dtype]

@@ -38,6 +38,9 @@ class HfOptions(BaseModel):
     tool_format: ToolFormatOption = Field("auto", description="Tool-call syntax; auto: the one the template teaches.")
     embedding: bool = Field(False, description="Also serve pooled embeddings (mean over the last hidden state).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    decode: Literal["auto", "dynamic", "static", "cuda-graphs"] = Field(
+        "auto", description="The decode loop's KV cache: auto is cuda-graphs for an unquantized model on a GPU, "
+        "static for a quantized one, dynamic on a CPU (backends/hf/decode.py).")
 
 
 class HfSpec(BaseSpec):
@@ -93,7 +96,18 @@ class HfSpec(BaseSpec):
             chat_template=self.options.chat_template, causal=causal,
             embedding=self.options.embedding or not (causal or reranker),
             weights_bytes=_weights_bytes(sorted(self.path.glob("*.safetensors")), dtype, quantization),
-            shape=Shape.of(config))
+            shape=Shape.of(config), decode=_decode(self.options.decode, on, quantization))
+
+
+def _decode(wanted: str, on: str, quantization: str) -> str:
+    """models.yaml's `decode` against the device: CUDA graphs pay off only on a GPU, where per-token
+    overhead dominates; quantized kernels (bitsandbytes, GPTQ) are not all compilable, so they get the
+    static cache without graphs unless asked."""
+    if wanted != "auto":
+        return wanted
+    if on != "cuda":
+        return "dynamic"
+    return "cuda-graphs" if quantization == "none" else "static"
 
 
 def _is_causal(config: dict[str, Any]) -> bool:

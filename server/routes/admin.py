@@ -9,13 +9,13 @@ import contextlib
 from fastapi import APIRouter, Request
 
 from server.errors import ModelNotFound, NotFound
-from server.protocol.common import WireModel
+from server.protocol.common import RequestBody
 from server.services import services_of
 
 router = APIRouter(prefix="/admin")
 
 
-class UnloadRequest(WireModel):
+class UnloadRequest(RequestBody):
     model: str
 
 
