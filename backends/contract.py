@@ -89,7 +89,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] = field(default_factory=dict)  # token id (as str) -> bias
-    # Constrained output: None or a ResponseFormat. Tool calls reach engines as a json_schema.
+    # Constrained output: None or a ResponseFormat. Tool calls reach engines as a json_schema, or
+    # (ChatParams.tool_format) as tools held to their schemas in the model's own syntax.
     response_format: ResponseFormat | None = None
 
 
@@ -99,6 +100,11 @@ class ChatParams(SamplingParams):
     logprobs: bool = False
     top_logprobs: int = 0  # 0..20 alternatives per token when logprobs is on
     tools: list[dict[str, Any]] | None = None  # for chat templates that render tools
+    # With tool_format (a backends/tools.py ToolFormat other than json) the engine holds calls in the
+    # model's own syntax to the tools' schemas; tool_choice as OpenAI's (None means "auto").
+    tool_choice: Any = None
+    tool_format: str | None = None
+    parallel_tool_calls: bool = True  # False: the grammar ends the answer after one call
 
 
 @dataclass

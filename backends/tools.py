@@ -25,8 +25,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from backends.contract import InvalidInput
-from backends.guidance import allowed_tokens
+from backends import text
+from backends.contract import InvalidInput, SamplingParams
+from backends.guidance import Constraint, allowed_tokens, lark_matcher, new_matcher
 
 
 class ToolFormat(StrEnum):
@@ -75,12 +76,30 @@ class ToolGrammar:
     feed_from_start: bool = False
 
 
+# The syntaxes' markers, which vocabularies often hold as single (special or added) tokens.
+MARKERS = ("<tool_call>", "</tool_call>", "[TOOL_CALLS]", "[ARGS]", "<|python_tag|>")
+
+
+def special_markers(tokenizer) -> dict[str, int]:
+    """Markers that are one special token in this llguidance vocabulary (added tokens count: Qwen's
+    <tool_call> is one). A grammar must name those by id, or a model could only spell them out."""
+    found = {}
+    for marker in MARKERS:
+        ids = tokenizer.tokenize_str(marker)
+        if len(ids) == 1 and tokenizer.is_special_token(ids[0]):
+            found[marker] = ids[0]
+    return found
+
+
 def grammar(fmt: ToolFormat, tools: list[dict[str, Any]], tool_choice: Any, template: str = "",
-            answer_schema: dict[str, Any] | None = None) -> ToolGrammar | None:
+            answer_schema: dict[str, Any] | None = None, specials: dict[str, int] | None = None,
+            parallel: bool = True) -> ToolGrammar | None:
     """The grammar for `tools` under `tool_choice` in `fmt` (None: nothing to constrain).
     tool_choice as OpenAI's: None/"auto", "required", "none", or {"type": "function", "function":
     {"name": ...}}. `answer_schema` (a json_schema response_format): an answer that is not a call
-    must follow it, so the grammar holds from the first token (a call or that JSON)."""
+    must follow it, so the grammar holds from the first token (a call or that JSON). `specials`:
+    markers the vocabulary holds as one special token (special_markers), by id. `parallel` False:
+    one call, then the end."""
     if not tools or tool_choice == "none" or fmt is ToolFormat.JSON:
         return None
     functions = {_function(t).get("name"): _function(t) for t in tools if _function(t).get("name")}
@@ -90,7 +109,7 @@ def grammar(fmt: ToolFormat, tools: list[dict[str, Any]], tool_choice: Any, temp
         if name not in functions:
             raise InvalidInput(f"tool_choice names the function {name!r}, which is not in tools", param="tool_choice")
         functions = {name: functions[name]}
-    opener, after_opener, rules = _syntax(fmt, functions, template)
+    opener, after_opener, rules = _syntax(fmt, functions, template, _Literals(specials or {}), parallel)
     calls = f"calls: {opener} {after_opener}"
     if forced:
         return ToolGrammar(f"start: calls\n{calls}\n{rules}", None)
@@ -100,25 +119,45 @@ def grammar(fmt: ToolFormat, tools: list[dict[str, Any]], tool_choice: Any, temp
     if fmt is ToolFormat.LLAMA3:
         return ToolGrammar(f"start: {after_opener}\n{rules}", re.compile(r"\A\s*(?:<\|python_tag\|>)?\s*\{"),
                            feed_from_start=True)
-    return ToolGrammar(f"start: {after_opener}\n{rules}", re.compile(re.escape(opener.strip('"'))))
+    marker = "<tool_call>" if fmt is ToolFormat.HERMES else "[TOOL_CALLS]"
+    return ToolGrammar(f"start: {after_opener}\n{rules}", re.compile(re.escape(marker)))
 
 
-def _syntax(fmt: ToolFormat, functions: dict[str, dict[str, Any]], template: str) -> tuple[str, str, str]:
-    """(the opener as a Lark literal, what follows it, the rules both use)."""
+class _Literals:
+    """A marker in Lark: the special token that stands for it where the vocabulary has one (what
+    the model was trained to write; spelling it out byte by byte could be cut half-written), else
+    its text."""
+
+    def __init__(self, specials: dict[str, int]):
+        self.specials = specials
+
+    def __call__(self, marker: str) -> str:
+        return f"<[{self.specials[marker]}]>" if marker in self.specials else json.dumps(marker)
+
+
+def _syntax(fmt: ToolFormat, functions: dict[str, dict[str, Any]], template: str, lit: _Literals,
+            parallel: bool) -> tuple[str, str, str]:
+    """(the opener in Lark, what follows it, the rules both use)."""
+
+    def more(separator: str, item: str) -> str:
+        return f"({separator} {item})*" if parallel else ""
+
     if fmt is ToolFormat.HERMES:
+        opener, closer = lit("<tool_call>"), lit("</tool_call>")
         call = "call: %json " + json.dumps(_call_schema(functions, "arguments"))
-        block = f'{GAP} call {GAP} "</tool_call>"'
-        return '"<tool_call>"', f'{block} ({GAP} "<tool_call>" {block})*', call
+        block = f"{GAP} call {GAP} {closer}"
+        return opener, f"{block} {more(f'{GAP} {opener}', block)}", call
     if fmt is ToolFormat.MISTRAL:
+        opener = lit("[TOOL_CALLS]")
         if "[ARGS]" in template:  # v11+: name[ARGS]{...} per call, each after its own [TOOL_CALLS]
-            names = " | ".join(f"{json.dumps(name + '[ARGS]')} args{i}" for i, name in enumerate(functions))
+            names = " | ".join(f"{json.dumps(name)} {lit('[ARGS]')} args{i}" for i, name in enumerate(functions))
             rules = "\n".join(f"args{i}: %json {json.dumps(_with_spacing(_parameters(f)))}"
                                for i, f in enumerate(functions.values()))
-            return '"[TOOL_CALLS]"', 'one ("[TOOL_CALLS]" one)*', f"one: {names}\n{rules}"
+            return opener, f"one {more(opener, 'one')}", f"one: {names}\n{rules}"
         call = "call: %json " + json.dumps(_call_schema(functions, "arguments"))
-        return '"[TOOL_CALLS]"', f'{GAP} "[" call (", " call)* "]"', call
+        return opener, f'{GAP} "[" call {more(json.dumps(", "), "call")} "]"', call
     call = "call: %json " + json.dumps(_call_schema(functions, "parameters"))
-    return '"<|python_tag|>"?', 'call ("; " call)*', call
+    return f'{lit("<|python_tag|>")}?', f"call {more(json.dumps('; '), 'call')}", call
 
 
 def _function(tool: dict[str, Any]) -> dict[str, Any]:
@@ -202,3 +241,21 @@ class ToolConstraint:
             if matcher.try_consume_tokens(tokens) != len(tokens):
                 return None
         return matcher
+
+
+def constraint_for(params: SamplingParams, tokenizer, n_vocab: int, token_bytes: Callable[[int], bytes],
+                   template: str = "") -> Constraint | ToolConstraint | None:
+    """What holds one generation's output: tool calls in the model's syntax (lazily, or from the
+    first token), else a response_format schema, else nothing. `tokenizer`: a callable giving
+    llguidance's view of the engine's vocabulary (built once per model, on first use)."""
+    schema = text.json_schema(params.response_format)
+    tools, fmt = getattr(params, "tools", None), getattr(params, "tool_format", None)
+    if tools and fmt and fmt != ToolFormat.JSON:
+        vocabulary = tokenizer()
+        calls = grammar(ToolFormat(fmt), tools, getattr(params, "tool_choice", None), template, answer_schema=schema,
+                        specials=special_markers(vocabulary), parallel=getattr(params, "parallel_tool_calls", True))
+        if calls is not None:
+            return ToolConstraint(calls, vocabulary, lark_matcher, token_bytes, n_vocab)
+    if schema is not None:
+        return Constraint(new_matcher(tokenizer(), schema), n_vocab)
+    return None

@@ -152,17 +152,19 @@ def test_json_schema_output_parses_and_validates(s):
         jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
 
 
-def test_tool_call_round_trip(s):
+def test_a_template_without_tool_syntax_calls_tools_through_the_json_fallback(s):
+    """`plain`'s template teaches no call syntax: calls come through our constrained JSON wrapper."""
     client = s.client()
+    assert client.models.retrieve("plain").model_extra["tool_format"] == "json"
     for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
-        reply = client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "Weather?"}],
+        reply = client.chat.completions.create(model="plain", messages=[{"role": "user", "content": "Weather?"}],
                                                tools=[WEATHER], tool_choice=choice, max_tokens=120, seed=5)
         message = reply.choices[0].message
         assert reply.choices[0].finish_reason == "tool_calls"
         call = message.tool_calls[0]
         assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
         jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
-    follow_up = client.chat.completions.create(model="llama", max_tokens=6, messages=[
+    follow_up = client.chat.completions.create(model="plain", max_tokens=6, messages=[
         {"role": "user", "content": "Weather?"},
         {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
         {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'},
@@ -172,8 +174,8 @@ def test_tool_call_round_trip(s):
     assert isinstance(follow_up.choices[0].message.content, str)
 
 
-def test_streamed_tool_call_fragments_carry_index_id_and_name(s):
-    chunks = list(chat(s, messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER],
+def test_streamed_json_fallback_call_fragments_carry_index_id_and_name(s):
+    chunks = list(chat(s, model="plain", messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER],
                        tool_choice="required", max_tokens=120, seed=5, stream=True))
     fragments = [t for c in chunks if c.choices and c.choices[0].delta.tool_calls for t in c.choices[0].delta.tool_calls]
     assert fragments[0].index == 0 and fragments[0].id.startswith("call_")

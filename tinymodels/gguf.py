@@ -34,7 +34,8 @@ def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2,
                 ffn: int | None = None, context: int = 2048, dtype=np.float32, fim: bool = True,
                 chat_template: str | None = CHAT_TEMPLATE, pooling: bool = False, seed: int = 0,
                 kv_heads: int | None = None, q4_0: bool = False, pieces: dict[str, float] | None = None) -> None:
-    """A llama-architecture GGUF with an SPM byte-fallback vocabulary of `vocab` tokens; `pieces`
+    """A llama-architecture GGUF with an SPM byte-fallback vocabulary of `vocab` tokens (then the two
+    tool-call markers, when the template teaches them); `pieces`
     (text -> merge score) replaces the filler pieces, for tests of tokenization itself.
 
     `q4_0` stores every matrix as Q4_0 blocks of random nibbles under one small scale, made once per
@@ -60,10 +61,12 @@ def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2,
     tokens += list(pieces)
     types += [gguf.TokenType.NORMAL] * len(pieces)
     scores += list(pieces.values())
-    if chat_template and TOOL_OPEN in chat_template and len(pieces) >= 2:
-        # The last two ids, so every other token keeps its id (and its weights) from before.
-        tokens[-2:] = [TOOL_OPEN, TOOL_CLOSE]
-        types[-2:] = [gguf.TokenType.USER_DEFINED] * 2
+    # A template that teaches tool calls gets its markers as single tokens (user-defined: text the
+    # detokenizer shows, as Qwen's are), after every other token: ids and weights stay as before.
+    markers = [TOOL_OPEN, TOOL_CLOSE] if chat_template and TOOL_OPEN in chat_template else []
+    tokens += markers
+    types += [gguf.TokenType.USER_DEFINED] * len(markers)
+    scores += [0.0] * len(markers)
 
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_context_length(context)
@@ -97,10 +100,14 @@ def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2,
 
     blocks: dict[tuple[int, int], np.ndarray] = {}
 
-    def add(name: str, *shape: int) -> None:
+    def add(name: str, *shape: int, extra_rows: int = 0) -> None:
         if not q4_0:
-            writer.add_tensor(name, (rng.standard_normal(shape) * 0.05).astype(dtype))
+            weights = rng.standard_normal(shape)
+            if extra_rows:  # drawn apart, so the other tensors' draws do not move
+                weights = np.concatenate([weights, marker_rng.standard_normal((extra_rows, *shape[1:]))])
+            writer.add_tensor(name, (weights * 0.05).astype(dtype))
             return
+        shape = (shape[0] + extra_rows, *shape[1:])
         if shape not in blocks:  # 32 weights a block: an f16 scale, then 16 bytes of nibbles
             rows, cols = shape
             block = rng.integers(0, 256, (rows, cols // 32, 18), dtype=np.uint8)
@@ -110,7 +117,8 @@ def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2,
 
     norm = np.ones(dim, dtype=np.float32)
     kv_dim = dim * kv_heads // heads
-    add("token_embd.weight", vocab, dim)
+    marker_rng = np.random.default_rng(seed + 1)
+    add("token_embd.weight", vocab, dim, extra_rows=len(markers))
     for i in range(layers):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", norm)
         add(f"blk.{i}.attn_q.weight", dim, dim)
@@ -122,7 +130,7 @@ def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2,
         add(f"blk.{i}.ffn_up.weight", ffn, dim)
         add(f"blk.{i}.ffn_down.weight", dim, ffn)
     writer.add_tensor("output_norm.weight", norm)
-    add("output.weight", vocab, dim)
+    add("output.weight", vocab, dim, extra_rows=len(markers))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

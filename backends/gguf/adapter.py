@@ -15,7 +15,7 @@ import queue
 import threading
 from typing import Any
 
-from backends import text
+from backends import text, tools
 from backends.contract import (
     Cancel,
     ChatParams,
@@ -33,8 +33,9 @@ from backends.gguf.plan import GgufPlan
 from backends.gguf.scheduler import Scheduler, Sequence
 from backends.gguf.stream import TokenStream, Vocab
 from backends.gguf.tokenizer import PromptTokenizer
-from backends.guidance import Constraint, llama_tokenizer, new_matcher
+from backends.guidance import Constraint, llama_tokenizer
 from backends.plan import MIB
+from backends.tools import ToolConstraint
 
 _RANDOM_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
 _PENALTY_WINDOW = 64
@@ -273,7 +274,7 @@ class GgufAdapter:
                   param: str, echo: str | None = None) -> Chunks:
         text.check_context(len(tokens), self.n_ctx, param)
         bias = text.logit_bias(params.logit_bias, self.vocab.n_vocab)
-        constraint = self._constraint(params.response_format)
+        constraint = self._constraint(params)
         budget = self.n_ctx - len(tokens)
         if params.max_tokens is not None:
             budget = min(budget, params.max_tokens)
@@ -327,10 +328,11 @@ class GgufAdapter:
             sampler.add_dist(seed)
         return sampler
 
-    def _constraint(self, response_format: dict[str, Any] | None) -> Constraint | None:
-        schema = text.json_schema(response_format)
-        if schema is None:
-            return None
+    def _constraint(self, params: SamplingParams) -> Constraint | ToolConstraint | None:
+        return tools.constraint_for(params, self._llguidance_vocab, self.vocab.n_vocab,
+                                    lambda token: self.vocab.piece(token, special=True), self._template_source or "")
+
+    def _llguidance_vocab(self):
         if self._lltokenizer is None:  # once per model: ~150 ms for a 32k vocabulary
             self._lltokenizer = llama_tokenizer(self._lc, self.vocab.vocab, self.vocab.n_vocab)
-        return Constraint(new_matcher(self._lltokenizer, schema), self.vocab.n_vocab)
+        return self._lltokenizer

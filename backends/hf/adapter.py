@@ -238,8 +238,7 @@ class HfTextAdapter:
         torch = self._torch
         text.check_context(len(ids), self.context, param)
         bias = self._bias(params.logit_bias)
-        schema = text.json_schema(params.response_format)
-        matcher = self.guidance.matcher(schema) if schema is not None else None
+        constraint = self.guidance.constraint(params, self.template.source)
         budget = self.context - len(ids)
         if params.max_tokens is not None:
             budget = min(budget, params.max_tokens)
@@ -273,14 +272,14 @@ class HfTextAdapter:
                     logits += bias
                 if params.presence_penalty or params.frequency_penalty:
                     logits -= params.presence_penalty * (counts > 0) + params.frequency_penalty * counts
-                if matcher is not None:
-                    self.guidance.mask(matcher, logits)
+                if constraint is not None:
+                    self.guidance.mask(constraint, logits)
                 token = self._sample(logits, params.temperature, params.top_p, generator)
                 produced += 1
                 self._tokens_generated += 1
                 counts[token] += 1
-                if matcher is not None:
-                    matcher.consume_token(token)
+                if constraint is not None:
+                    constraint.accept(token)
                 if token in self.eos_ids:
                     finish = "stop"
                     break
@@ -292,7 +291,7 @@ class HfTextAdapter:
                 if safe or (hit and pending):
                     yield self._chunk(safe, pending, top)
                     pending = []
-                if hit or (matcher is not None and matcher.is_stopped()):
+                if hit or (constraint is not None and constraint.finished):
                     finish = "stop"
                     break
                 step_input = torch.tensor([[token]], device=self.model.device)

@@ -38,6 +38,7 @@ def entry(spec, created: int, status: str, plan: LoadPlan, memory_mb: float, pla
         "context_length": plan.context_length,
         "max_context_length": plan.max_context_length,
         "max_model_len": plan.context_length,  # vLLM's name, which some clients read
+        "tool_format": plan.tool_format,  # the tool-call syntax calls are read in (backends/tools.py)
         "memory_estimate_mb": round(memory_mb, 1),
         "state": STATE.get(status, status),
         "status": status,

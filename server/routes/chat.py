@@ -29,7 +29,7 @@ router = APIRouter()
 def conversation(body: wire.ChatCompletionRequest) -> Conversation:
     return Conversation(
         messages=[m.model_dump(exclude_none=True) for m in body.messages], tools=body.tool_dicts(),
-        tool_choice=body.tool_choice_value(),
+        tool_choice=body.tool_choice_value(), parallel_tool_calls=body.parallel_tool_calls,
         response_format=body.response_format.normalised() if body.response_format else None,
         max_tokens=body.token_limit(), sampling=body.sampling(), logprobs=body.logprobs,
         top_logprobs=body.top_logprobs or 0, n=body.n)
@@ -46,8 +46,10 @@ async def answer_to(request: Request, talk: Conversation, spec, keep_alive: floa
     """The engine asked, its output read as an answer (shared by every chat front door)."""
     check_request(talk, spec)
     plan = tool_plan(talk)
-    generation = await Generation.open(request, spec, keep_alive, talk.params(plan))
-    return Answer(generation, ToolFormat.JSON if plan.schema is not None else None, talk.logprobs)
+    syntax = ToolFormat(services_of(request).arbiter.plan(spec)[0].tool_format or ToolFormat.JSON)
+    generation = await Generation.open(request, spec, keep_alive, talk.params(plan, syntax))
+    return Answer(generation, syntax if plan.schema is not None else None, talk.logprobs,
+                  forced=plan.schema is not None and not plan.allow_message)
 
 
 def check_request(talk: Conversation, spec) -> None:
