@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     api_keys: CommaList = Field(default_factory=list, description="Accepted bearer keys, comma-separated.")
     insecure_no_auth: bool = Field(False, description="Allow a non-loopback bind without an API key.")
     cors_origins: CommaList = Field(default_factory=list, description="Allowed CORS origins (off if empty).")
+    allowed_hosts: CommaList = Field(
+        default_factory=list,
+        description="Host names a loopback-bound server also answers to, comma-separated (e.g. "
+        "host.docker.internal for Open WebUI in Docker Desktop); localhost and loopback addresses always.",
+    )
     model_dirs: CommaList = Field(
         default_factory=list,
         description="Directories model files may live in (default: the registry's own directory "
@@ -90,7 +95,7 @@ class Settings(BaseSettings):
         "(default: the address the request arrived on).")
     log_level: str = Field("info", description="Log level.")
 
-    @field_validator("api_keys", "cors_origins", "model_dirs", mode="before")
+    @field_validator("api_keys", "cors_origins", "allowed_hosts", "model_dirs", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
