@@ -10,3 +10,4 @@ class Capability(StrEnum):
     IMAGE = "image"
     TRANSCRIPTION = "transcription"
     SPEECH = "speech"
+    RERANK = "rerank"

@@ -89,7 +89,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] = field(default_factory=dict)  # token id (as str) -> bias
-    # Constrained output: None or a ResponseFormat. Tool calls reach engines as a json_schema.
+    # Constrained output: None or a ResponseFormat. Tool calls reach engines as a json_schema, or
+    # (ChatParams.tool_format) as tools held to their schemas in the model's own syntax.
     response_format: ResponseFormat | None = None
 
 
@@ -99,11 +100,17 @@ class ChatParams(SamplingParams):
     logprobs: bool = False
     top_logprobs: int = 0  # 0..20 alternatives per token when logprobs is on
     tools: list[dict[str, Any]] | None = None  # for chat templates that render tools
+    # With tool_format (a backends/tools.py ToolFormat other than json) the engine holds calls in the
+    # model's own syntax to the tools' schemas; tool_choice as OpenAI's (None means "auto").
+    tool_choice: Any = None
+    tool_format: str | None = None
+    parallel_tool_calls: bool = True  # False: the grammar ends the answer after one call
 
 
 @dataclass
 class CompletionParams(SamplingParams):
     prompt: str = ""
+    prompt_tokens: list[int] | None = None  # token ids in the model's own vocabulary, instead of `prompt`
     suffix: str | None = None  # fill-in-the-middle; refused if the model has no FIM tokens
     echo: bool = False  # yield the prompt first (with its logprobs when asked)
     logprobs: int | None = None  # legacy: number of top alternatives per token (0..5)
@@ -112,6 +119,30 @@ class CompletionParams(SamplingParams):
 @dataclass
 class EmbeddingParams:
     inputs: list[str] = field(default_factory=list)
+    token_inputs: list[list[int]] | None = None  # token ids in the model's own vocabulary, instead of `inputs`
+
+
+@dataclass
+class RerankParams:
+    """Score each document's relevance to the query (a cross-encoder reads each pair together)."""
+
+    query: str = ""
+    documents: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TokenizeParams:
+    """Exactly one of `text` (as a prompt) and `messages` (through the chat template) is set."""
+
+    text: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None  # rendered with the messages, as a chat request would
+    add_special_tokens: bool = True
+
+
+@dataclass
+class DetokenizeParams:
+    tokens: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -153,7 +184,8 @@ class SpeechParams:
     language: str | None = None  # None: the model's default
 
 
-Params = ChatParams | CompletionParams | EmbeddingParams | ImageParams | TranscriptionParams | SpeechParams
+Params = (ChatParams | CompletionParams | EmbeddingParams | ImageParams | TranscriptionParams | SpeechParams
+          | RerankParams | TokenizeParams | DetokenizeParams)
 
 
 class Method(StrEnum):
@@ -165,11 +197,16 @@ class Method(StrEnum):
     GENERATE_IMAGE = "generate_image"
     TRANSCRIBE = "transcribe"
     SYNTHESIZE = "synthesize"
+    RERANK = "rerank"
+    TOKENIZE = "tokenize"
+    DETOKENIZE = "detokenize"
 
 
 PARAMS: dict[Method, type] = {Method.CHAT: ChatParams, Method.COMPLETE: CompletionParams,
                               Method.EMBED: EmbeddingParams, Method.GENERATE_IMAGE: ImageParams,
-                              Method.TRANSCRIBE: TranscriptionParams, Method.SYNTHESIZE: SpeechParams}
+                              Method.TRANSCRIBE: TranscriptionParams, Method.SYNTHESIZE: SpeechParams,
+                              Method.RERANK: RerankParams, Method.TOKENIZE: TokenizeParams,
+                              Method.DETOKENIZE: DetokenizeParams}
 METHODS: dict[type, Method] = {kind: method for method, kind in PARAMS.items()}
 
 
@@ -243,6 +280,22 @@ class EmbeddingResult(TypedDict):
     usage: EmbeddingUsage
 
 
+class RerankResult(TypedDict):
+    """rerank yields no chunks: one score per document, in the documents' order."""
+
+    scores: list[float]
+    usage: EmbeddingUsage
+
+
+class TokenizeResult(TypedDict):
+    tokens: list[int]
+    pieces: list[str]  # each token's text, as the model's vocabulary spells it
+
+
+class DetokenizeResult(TypedDict):
+    text: str
+
+
 class ImageChunk(TypedDict):
     """generate_image yields one per finished image."""
 
@@ -306,7 +359,8 @@ class SpeechResult(TypedDict):
 
 
 Chunk = TextChunk | ImageChunk | SpeechChunk
-Result = TextResult | EmbeddingResult | ImageResult | TranscriptionResult | SpeechResult
+Result = (TextResult | EmbeddingResult | ImageResult | TranscriptionResult | SpeechResult | RerankResult
+          | TokenizeResult | DetokenizeResult)
 Chunks = Generator[Any, None, Any]  # yields a Chunk, returns a Result
 
 

@@ -24,9 +24,22 @@ def new_matcher(tokenizer, schema: dict[str, Any]):
 
     # JSON allows whitespace between tokens, without bound; a model would be free to pad forever.
     grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+    return _matcher(tokenizer, grammar, "response_format schema", "response_format")
+
+
+def lark_matcher(tokenizer, lark: str):
+    """An llguidance matcher following a Lark grammar (backends/tools.py writes them for tool calls)."""
+    import llguidance
+
+    return _matcher(tokenizer, llguidance.LLMatcher.grammar_from_lark(lark), "tool schema", "tools")
+
+
+def _matcher(tokenizer, grammar: str, what: str, param: str):
+    import llguidance
+
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
     if is_error:
-        raise InvalidInput(f"response_format schema is not usable: {messages[0]}", param="response_format")
+        raise InvalidInput(f"{what} is not usable: {messages[0]}", param=param)
     return llguidance.LLMatcher(tokenizer, grammar, log_level=0)
 
 
@@ -44,6 +57,10 @@ class Constraint:
     def __init__(self, matcher, n_vocab: int):
         self._matcher = matcher
         self._n_vocab = n_vocab
+
+    def allowed(self) -> np.ndarray | None:
+        """Which of the first n_vocab tokens the schema allows next."""
+        return allowed_tokens(self._matcher, self._n_vocab)
 
     def mask(self, logits: np.ndarray) -> None:
         """Set every token the schema forbids next to -inf, in place."""

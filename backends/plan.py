@@ -86,6 +86,9 @@ class LoadPlan:
     device: Literal["cpu", "cuda"]
     runtime_mb: float = 0.0
     context_length: int | None = None  # the window clients may plan for (None: not a text model)
+    max_context_length: int | None = None  # the window the model was trained for (context_length <= it)
+    fim: bool = False  # completions take a suffix (the model has fill-in-the-middle tokens)
+    tool_format: str | None = None  # a chat model's tool-call syntax (backends/tools.py ToolFormat)
     source: Literal["disk", "ram"] = "disk"  # ram: loads from the warm tier's copy of a parked model
 
     def estimate(self) -> MemoryEstimate:

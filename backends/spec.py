@@ -122,11 +122,12 @@ class BaseSpec(BaseModel):
         """What a rung changed, for the placement header and plans ("n_ctx=2048")."""
         return f"n_ctx={plan.context_length}" if rung == "context" else ""
 
-    def base_plan(self, device: Device, *, context_length: int | None, on: Literal["cpu", "cuda"] | None = None
-                  ) -> dict[str, Any]:
+    def base_plan(self, device: Device, *, context_length: int | None, on: Literal["cpu", "cuda"] | None = None,
+                  max_context_length: int | None = None) -> dict[str, Any]:
         """The LoadPlan fields every engine fills the same way."""
         return {"backend": self.backend, "model_id": self.id, "device": on or device.kind,
-                "runtime_mb": device.runtime_mb, "context_length": context_length}
+                "runtime_mb": device.runtime_mb, "context_length": context_length,
+                "max_context_length": max_context_length or context_length}
 
 
 def pick_device(wanted: Literal["auto", "cpu", "cuda"], device: Device) -> Literal["cpu", "cuda"]:

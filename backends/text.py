@@ -169,6 +169,16 @@ def check_context(count: int, limit: int, param: str, what: str = "the prompt", 
                            param=param, code=ErrorCode.CONTEXT_LENGTH_EXCEEDED)
 
 
+def check_token_ids(ids: list[int], n_vocab: int, param: str, where: str | None = None) -> list[int]:
+    """Token ids a client sent, each inside the model's own vocabulary; `where` names the list in the
+    request (e.g. "input[2]") when there are several."""
+    for position, token in enumerate(ids):
+        if not 0 <= token < n_vocab:
+            raise InvalidInput(f"{where or param}[{position}]: token id {token} is outside this model's "
+                               f"vocabulary (0..{n_vocab - 1})", param=param)
+    return ids
+
+
 def check_bytes(prompt: str, limit: int, longest_token_bytes: int, param: str, what: str = "the prompt") -> None:
     """Refuse, before tokenizing it, text too long for `limit` tokens even if every token were the
     vocabulary's longest: tokenizing 4 MB costs minutes on some vocabularies, refusing it nothing."""

@@ -67,7 +67,7 @@ class AccessMiddleware:
             log.exception("%s unhandled error on %s %s", request_id, printable(scope["method"]),
                           printable(scope["path"]))
             if not started_response:
-                await error_response(BackendError("internal server error"))(scope, receive, send_with_id)
+                await error_response(BackendError("internal server error"), scope["path"])(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             if counted:

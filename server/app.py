@@ -20,7 +20,21 @@ from server.imagestore import ImageStore
 from server.memory import MemoryProbe, default_budget_mb, default_ram_budget_mb, detect_device
 from server.metrics import Metrics
 from server.registry import Registry, load_registry
-from server.routes import admin, audio, chat, completions, embeddings, health, images, models
+from server.response_store import ResponseStore
+from server.routes import (
+    admin,
+    audio,
+    chat,
+    completions,
+    embeddings,
+    health,
+    images,
+    messages,
+    models,
+    rerank,
+    responses,
+    tokenize,
+)
 from server.security import SecurityMiddleware
 from server.services import Services
 from server.settings import Settings
@@ -32,7 +46,8 @@ log = logging.getLogger("modelyard")
 
 VERSION = "0.1.0"
 _V1_ALIASES = ("/chat/completions", "/completions", "/embeddings", "/models", "/images/generations",
-               "/audio/transcriptions", "/audio/translations")
+               "/audio/transcriptions", "/audio/translations", "/audio/speech", "/rerank", "/tokenize",
+               "/detokenize", "/responses", "/messages", "/messages/count_tokens")
 
 
 class ConfigError(Exception):
@@ -84,8 +99,9 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
                             first_token_s=settings.first_token_timeout_s, inter_token_s=settings.inter_token_timeout_s)
         arbiter = Arbiter(budget, factory or WorkerFactory(timeouts=timeouts), probe, warm=warm, **arbiter_kwargs)
         images = ImageStore(ttl_s=settings.image_ttl_s, max_bytes=settings.image_store_mb * 1024 * 1024)
+        responses = ResponseStore(settings.response_ttl_s, settings.response_store_max)
         app.state.services = services = Services(settings, registry, arbiter, metrics, probe, device, images,
-                                                 ScratchDir(), int(time.time()))
+                                                 ScratchDir(), responses, int(time.time()))
         specs = {spec.id: spec for spec in registry}
         metrics.watch_gateway(gateway.GatewayCollector(
             lambda: gateway.occupancy(arbiter.snapshot(), specs, lambda spec: arbiter.plan(spec)[0])))
@@ -105,7 +121,8 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
     app = FastAPI(title="modelyard", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     for router in (chat.router, completions.router, embeddings.router, models.router, health.router,
-                   admin.router, images.router, audio.router):
+                   admin.router, images.router, audio.router, rerank.router, tokenize.router, responses.router,
+                   messages.router):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)
@@ -129,6 +146,6 @@ class V1Aliases:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] == "http" and (path in _V1_ALIASES or path.startswith("/models/")):
+        if scope["type"] == "http" and (path in _V1_ALIASES or path.startswith(("/models/", "/responses/"))):
             scope = {**scope, "path": "/v1" + path, "raw_path": b"/v1" + scope.get("raw_path", path.encode())}
         await self.app(scope, receive, send)

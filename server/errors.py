@@ -175,13 +175,29 @@ def error_body(exc: ModelyardError) -> dict:
     return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
 
 
-def error_response(exc: ModelyardError) -> JSONResponse:
-    return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers())
+# Anthropic's Messages API answers errors in its own envelope, with its own error types by status.
+ANTHROPIC_PREFIX = "/v1/messages"
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                    499: "invalid_request_error", 503: "overloaded_error"}
+
+
+def anthropic_error_body(exc: ModelyardError) -> dict:
+    kind = _ANTHROPIC_TYPES.get(exc.status, "api_error" if exc.status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": exc.message}}
+
+
+def error_response(exc: ModelyardError, path: str = "") -> JSONResponse:
+    """The error in the envelope of the API the request's path belongs to."""
+    body = anthropic_error_body(exc) if path.startswith(ANTHROPIC_PREFIX) else error_body(exc)
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers())
 
 
 def _param_of(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or None
+    # The first element says where the value was (body, query, path, header); a field may be named "query".
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
+    return ".".join(str(p) for p in loc) or None
 
 
 def from_validation(exc: RequestValidationError) -> InvalidRequest:
@@ -197,23 +213,23 @@ def install(app) -> None:
     """Every error, FastAPI's own included, leaves through error_response."""
 
     @app.exception_handler(ModelyardError)
-    async def _modelyard(_: Request, exc: ModelyardError):
-        return error_response(exc)
+    async def _modelyard(request: Request, exc: ModelyardError):
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError):
-        return error_response(from_validation(exc))
+    async def _validation(request: Request, exc: RequestValidationError):
+        return error_response(from_validation(exc), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException):
         mapped = ModelyardError(str(exc.detail))
         mapped.status = exc.status_code
         mapped.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         mapped.code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code)
         mapped.retryable = exc.status_code >= 500
-        return error_response(mapped)
+        return error_response(mapped, request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", printable(request.method), printable(request.url.path))
-        return error_response(BackendError("internal server error"))
+        return error_response(BackendError("internal server error"), request.url.path)

@@ -29,7 +29,7 @@ from server.worker_client import Call
 T = TypeVar("T")
 
 
-def model_for(request: Request, name: str, capability: Capability) -> BaseSpec:
+def model_for(request: Request, name: str, capability: Capability | frozenset[Capability]) -> BaseSpec:
     """The model a request names, able to do what the request asks; named in its access log."""
     spec = services_of(request).registry.resolve(name)
     note_model(request, spec.id if spec is not None else "unknown")

@@ -49,14 +49,16 @@ class Registry:
         """The spec for a client-facing name, or None."""
         return self._names.get(name)
 
-    def require(self, name: str, capability: Capability) -> BaseSpec:
-        """The spec a request names, able to do what the request asks of it."""
+    def require(self, name: str, capability: Capability | frozenset[Capability]) -> BaseSpec:
+        """The spec a request names, able to do what the request asks of it (one of a set, for a set)."""
         spec = self._names.get(name)
         if spec is None:
             raise ModelNotFound(f"The model '{name[:100]}' does not exist or you do not have access to it.",
                                 param="model")
-        if capability not in spec.capabilities:
-            raise UnsupportedCapability(f"model {spec.id} does not support {capability.value}", param="model")
+        wanted = capability if isinstance(capability, frozenset) else frozenset({capability})
+        if not wanted & spec.capabilities:
+            what = " or ".join(sorted(c.value for c in wanted))
+            raise UnsupportedCapability(f"model {spec.id} does not support {what}", param="model")
         return spec
 
     def get(self, model_id: str) -> BaseSpec:

@@ -41,15 +41,16 @@ class KeyRing:
 _AUTHORITY = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::[0-9]{1,5})?")
 
 
-def host_allowed(host_header: str) -> bool:
-    """A Host header naming this machine's loopback (DNS rebinding: an attacker's name resolving
-    to 127.0.0.1 still says its own name here). `localhost:1@evil.example` or
-    `localhost:80.evil.example` are not an authority with host localhost, so they are refused."""
+def host_allowed(host_header: str, extra: frozenset[str] = frozenset()) -> bool:
+    """A Host header naming this machine's loopback, or one of the `extra` names the user allowed
+    (DNS rebinding: an attacker's name resolving to 127.0.0.1 still says its own name here).
+    `localhost:1@evil.example` or `localhost:80.evil.example` are not an authority with host
+    localhost, so they are refused."""
     match = _AUTHORITY.fullmatch(host_header.strip())
     if match is None:
         return False
-    host = match["ipv6"] or match["name"]
-    return host.lower() == "localhost" or is_loopback(host)
+    host = (match["ipv6"] or match["name"]).lower()
+    return host == "localhost" or host in extra or is_loopback(host)
 
 
 class SecurityMiddleware:
@@ -57,6 +58,7 @@ class SecurityMiddleware:
         self.app = app
         self.keys = KeyRing(settings.api_keys)
         self.check_host = settings.binds_loopback
+        self.extra_hosts = frozenset(name.strip().lower() for name in settings.allowed_hosts if name.strip())
         self.max_body = settings.max_body_bytes
         self.max_upload = settings.max_upload_bytes
 
@@ -67,22 +69,26 @@ class SecurityMiddleware:
         try:
             self._admit(scope, headers)
         except ModelyardError as exc:
-            return await error_response(exc)(scope, receive, send)
+            return await error_response(exc, scope["path"])(scope, receive, send)
         limit = self.max_upload if headers.get("content-type", "").startswith("multipart/") else self.max_body
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            return await error_response(_too_large(limit))(scope, receive, send)
+            return await error_response(_too_large(limit), scope["path"])(scope, receive, send)
         await self.app(scope, _capped(receive, limit), send)
 
     def _admit(self, scope: Scope, headers: Headers) -> None:
-        if self.check_host and not host_allowed(headers.get("host", "")):
-            raise HostNotAllowed("this server only answers requests addressed to localhost")
+        if self.check_host and not host_allowed(headers.get("host", ""), self.extra_hosts):
+            raise HostNotAllowed("this server only answers requests addressed to localhost"
+                                 + (" or " + ", ".join(sorted(self.extra_hosts)) if self.extra_hosts else "")
+                                 + " (MODELYARD_ALLOWED_HOSTS names more)")
         path = scope["path"]
         if (not self.keys.enabled or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
                 or scope["method"] == "OPTIONS"):
             return
         scheme, _, token = headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not self.keys.accepts(token.strip()):
+        if scheme.lower() != "bearer":  # Anthropic's clients send the key as x-api-key
+            token = headers.get("x-api-key", "")
+        if not token.strip() or not self.keys.accepts(token.strip()):
             raise AuthenticationError("Incorrect API key provided.")
 
 

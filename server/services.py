@@ -14,6 +14,7 @@ from server.inflight import InFlight
 from server.memory import MemoryProbe
 from server.metrics import Metrics
 from server.registry import Registry
+from server.response_store import ResponseStore
 from server.settings import Settings
 
 
@@ -27,6 +28,7 @@ class Services:
     device: Device
     images: ImageStore  # generated images served by URL
     audio_scratch: ScratchDir  # decoded uploads on their way to a worker
+    responses: ResponseStore  # /v1/responses kept with store: true
     started_at: int
     in_flight: InFlight = field(default_factory=InFlight)  # generations a shutdown must end
 

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     api_keys: CommaList = Field(default_factory=list, description="Accepted bearer keys, comma-separated.")
     insecure_no_auth: bool = Field(False, description="Allow a non-loopback bind without an API key.")
     cors_origins: CommaList = Field(default_factory=list, description="Allowed CORS origins (off if empty).")
+    allowed_hosts: CommaList = Field(
+        default_factory=list,
+        description="Host names a loopback-bound server also answers to, comma-separated (e.g. "
+        "host.docker.internal for Open WebUI in Docker Desktop); localhost and loopback addresses always.",
+    )
     model_dirs: CommaList = Field(
         default_factory=list,
         description="Directories model files may live in (default: the registry's own directory "
@@ -43,6 +48,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Cap on a multipart upload.")
     image_ttl_s: float = Field(3600.0, gt=0, le=7 * 86400, description="How long an image URL stays fetchable.")
     image_store_mb: int = Field(256, ge=1, description="Memory held for image URLs (oldest dropped first).")
+    response_ttl_s: float = Field(3600.0, gt=0, le=7 * 86400,
+                                  description="How long a stored response (store: true) stays retrievable.")
+    response_store_max: int = Field(1000, ge=0, description="Stored responses kept (oldest dropped first).")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a model before 503.")
     queue_timeout_s: float = Field(300.0, gt=0, description="Longest a request waits for a model.")
     load_timeout_s: float = Field(600.0, gt=0, description="Longest a model load may take.")
@@ -87,7 +95,7 @@ class Settings(BaseSettings):
         "(default: the address the request arrived on).")
     log_level: str = Field("info", description="Log level.")
 
-    @field_validator("api_keys", "cors_origins", "model_dirs", mode="before")
+    @field_validator("api_keys", "cors_origins", "allowed_hosts", "model_dirs", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)

@@ -66,6 +66,17 @@ def test_loopback_server_refuses_foreign_host_headers(app_server):
     assert app_server.http.get("/v1/models", headers={"Host": "localhost:8000"}).status_code == 200
 
 
+def test_allowed_hosts_admit_named_hosts_only(served):
+    """Open WebUI in Docker Desktop addresses the server as host.docker.internal."""
+    with served([fake("a")], allowed_hosts=["host.docker.internal"]) as s:
+        assert s.http.get("/v1/models", headers={"Host": "host.docker.internal:8000"}).status_code == 200
+        assert s.http.get("/v1/models", headers={"Host": "HOST.DOCKER.INTERNAL"}).status_code == 200
+        for foreign in ("host.docker.internal.evil.example", "evil.example", "internal:8000"):
+            refused = s.http.get("/v1/models", headers={"Host": foreign})
+            assert_error(refused, 403, code="host_not_allowed")
+            assert "host.docker.internal" in refused.json()["error"]["message"]
+
+
 def test_host_header_parsing():
     assert host_allowed("127.0.0.1:8000") and host_allowed("[::1]:8000") and host_allowed("LOCALHOST")
     assert not host_allowed("attacker.com") and not host_allowed("127.0.0.1.nip.io:80")

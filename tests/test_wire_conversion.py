@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import jsonschema
 import pytest
 
@@ -46,36 +44,6 @@ def test_auto_allows_any_call_or_a_message():
                   {"content": "no tool needed"}):
         jsonschema.validate(value, plan.schema)
     assert plan.allow_message and tools.plan([WEATHER], None).allow_message
-
-
-def test_call_json_becomes_tool_call_with_string_arguments():
-    plan = tools.plan([WEATHER], "required")
-    outcome = tools.interpret('{"name": "get_weather", "arguments": {"city": "Oslo"}}', plan, "stop")
-    assert outcome.finish_reason == "tool_calls" and outcome.content is None
-    [call] = outcome.tool_calls
-    assert call["id"].startswith("call_") and call["type"] == "function"
-    assert call["function"]["name"] == "get_weather"
-    assert json.loads(call["function"]["arguments"]) == {"city": "Oslo"}
-
-
-def test_message_json_under_auto_becomes_content():
-    outcome = tools.interpret('{"content": "hello"}', tools.plan([WEATHER], "auto"), "stop")
-    assert (outcome.content, outcome.tool_calls, outcome.finish_reason) == ("hello", None, "stop")
-
-
-def test_cut_off_json_is_returned_as_text_with_engine_finish_reason():
-    outcome = tools.interpret('{"name": "get_wea', tools.plan([WEATHER], "required"), "length")
-    assert (outcome.content, outcome.tool_calls, outcome.finish_reason) == ('{"name": "get_wea', None, "length")
-
-
-def test_stream_deltas_name_the_call_first_then_carry_arguments():
-    calls = tools.interpret('{"name": "get_weather", "arguments": {"city": "Oslo"}}',
-                            tools.plan([WEATHER], "required"), "stop").tool_calls
-    first, second = tools.stream_deltas(calls)
-    head = first["tool_calls"][0]
-    assert head["index"] == 0 and head["id"] == calls[0]["id"] and head["type"] == "function"
-    assert head["function"] == {"name": "get_weather", "arguments": ""}
-    assert second["tool_calls"][0] == {"index": 0, "function": {"arguments": calls[0]["function"]["arguments"]}}
 
 
 ENTRIES = [

@@ -1,4 +1,5 @@
-"""Tiny Hugging Face demo models: a Llama causal LM (fp16), a GPTQ copy of it, a BERT embedder.
+"""Tiny Hugging Face demo models: a Llama causal LM (fp16), a GPTQ copy of it, a BERT embedder and a
+BERT cross-encoder reranker.
 
 bitsandbytes 4/8-bit need no files of their own: they load the fp16 directory with quantization
 options. Each model is built in a temporary directory and renamed into place, so a half-built model
@@ -10,44 +11,35 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
-LLM_DIR, GPTQ_DIR, EMBED_DIR = "tiny-hf", "tiny-gptq", "tiny-embed-hf"
+from tinymodels import build_dir
+from tinymodels.tools import TOOL_CLOSE, TOOL_OPEN, TOOLS_TEMPLATE
 
-# ChatML-like; roles and content only, so it renders any OpenAI message list.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+LLM_DIR, GPTQ_DIR, EMBED_DIR, RERANK_DIR = "tiny-hf", "tiny-gptq", "tiny-embed-hf", "tiny-rerank-hf"
+
+# ChatML with Hermes/Qwen tool calls, so tools render and calls parse as with a real Qwen model.
+CHAT_TEMPLATE = "{{ bos_token }}" + TOOLS_TEMPLATE
 SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>"]
 VOCAB = 1024  # large enough that a random model rarely samples </s> by chance
+# 2: the tool-call tokens (TOOL_OPEN, TOOL_CLOSE) take the last two ids and the template renders tools.
+LLM_VERSION = 2
 SEED = 1234
 
 
 def build(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    _atomic(root / LLM_DIR, _build_llm)
-    _atomic(root / GPTQ_DIR, lambda out: _build_gptq(root / LLM_DIR, out))
-    _atomic(root / EMBED_DIR, _build_embedder)
+    build_dir(root / LLM_DIR, _build_llm, LLM_VERSION)
+    build_dir(root / GPTQ_DIR, lambda out: _build_gptq(root / LLM_DIR, out), LLM_VERSION)
+    build_dir(root / EMBED_DIR, _build_embedder)
+    build_reranker(root)
 
 
-def _atomic(target: Path, make: Callable[[Path], None]) -> None:
-    if target.exists():
-        return
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        make(work)
-        try:
-            os.replace(work, target)
-        except OSError:
-            if not target.exists():  # else another process finished the same model first: keep theirs
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def build_reranker(root: Path) -> None:
+    """The cross-encoder alone (the GGUF builder converts it)."""
+    root.mkdir(parents=True, exist_ok=True)
+    build_dir(root / RERANK_DIR, _build_reranker)
 
 
 def _corpus(lines: int = 400) -> list[str]:
@@ -61,15 +53,18 @@ def _corpus(lines: int = 400) -> list[str]:
 
 
 def _byte_bpe_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIALS,
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB - 2, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_corpus(), trainer=trainer)
+    # Not special, as in Qwen's tokenizer: the call markers are text the detokenizer shows.
+    tok.add_tokens([AddedToken(TOOL_OPEN, special=False, normalized=False),
+                    AddedToken(TOOL_CLOSE, special=False, normalized=False)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="</s>", additional_special_tokens=SPECIALS[3:])
     fast.chat_template = CHAT_TEMPLATE
@@ -123,10 +118,35 @@ def _build_gptq(source: Path, out: Path) -> None:
 
 def _build_embedder(out: Path) -> None:
     import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertModel
 
     torch.manual_seed(SEED)
+    fast = _wordpiece_tokenizer()
+    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, pad_token_id=fast.pad_token_id)
+    BertModel(config).save_pretrained(out, safe_serialization=True)
+    fast.save_pretrained(out)
+
+
+def _build_reranker(out: Path) -> None:
+    """A cross-encoder: BERT reading "[CLS] query [SEP] document [SEP]" into one relevance logit."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(SEED + 1)
+    fast = _wordpiece_tokenizer()
+    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, pad_token_id=fast.pad_token_id,
+                        num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(out, safe_serialization=True)
+    fast.save_pretrained(out)
+
+
+def _wordpiece_tokenizer():
+    """BERT's WordPiece tokenizer trained on the tiny corpus, with its [CLS]/[SEP] pair template."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -137,9 +157,5 @@ def _build_embedder(out: Path) -> None:
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
-    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, pad_token_id=fast.pad_token_id)
-    BertModel(config).save_pretrained(out, safe_serialization=True)
-    fast.save_pretrained(out)

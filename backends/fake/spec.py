@@ -43,5 +43,8 @@ class FakeSpec(BaseSpec):
 
     def resolve(self, device: Device) -> FakePlan:
         context = self.context_length or self.options.context_length
-        return FakePlan(**self.base_plan(device, context_length=context),
+        # The fake honours a suffix (its answers are scripted), so it reports fill-in-the-middle.
+        return FakePlan(**self.base_plan(device, context_length=context,
+                                         max_context_length=max(context, self.options.context_length)),
+                        fim=True,
                         **self.options.model_dump(exclude={"context_length"}))

@@ -1,35 +1,41 @@
-"""GGUF models through llama-cpp-python: chat, completions (with fill-in-the-middle) and embeddings.
+"""GGUF models through llama-cpp-python: chat, completions (with fill-in-the-middle), embeddings, rerank.
 
 We drive llama.cpp's decode and sampler chain ourselves rather than calling create_completion, so
 that the Cancel flag is checked between tokens, several requests decode in one batch
 (scheduler.py owns the context on one thread), logprobs come from the raw logits, and chat
 templates render in jinja2's sandbox (llama-cpp-python's own template path was CVE-2024-34359).
-Embedding models use llama-cpp-python's embed() under a lock.
+Embedding models and rerankers (rank pooling: a classification head per sequence) decode their
+inputs as pooled sequences under a lock.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from typing import Any
 
-from backends import text
+from backends import text, tools
 from backends.contract import (
     Cancel,
     ChatParams,
     Chunks,
     CompletionParams,
+    DetokenizeParams,
     EmbeddingParams,
     InvalidInput,
+    RerankParams,
     SamplingParams,
+    TokenizeParams,
 )
 from backends.gguf.file import GgufFile
 from backends.gguf.plan import GgufPlan
 from backends.gguf.scheduler import Scheduler, Sequence
 from backends.gguf.stream import TokenStream, Vocab
 from backends.gguf.tokenizer import PromptTokenizer
-from backends.guidance import Constraint, llama_tokenizer, new_matcher
+from backends.guidance import Constraint, llama_tokenizer
 from backends.plan import MIB
+from backends.tools import ToolConstraint
 
 _RANDOM_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
 _PENALTY_WINDOW = 64
@@ -45,12 +51,14 @@ class GgufAdapter:
         self.file = GgufFile.read(plan.path)  # clear errors for empty/truncated files
         self.n_ctx = plan.context_length
         kwargs: dict[str, Any] = dict(n_ctx=self.n_ctx, n_gpu_layers=plan.n_gpu_layers, verbose=False,
-                                      embedding=plan.embedding, n_threads=plan.n_threads,
+                                      embedding=plan.pooled, n_threads=plan.n_threads,
                                       n_threads_batch=plan.n_threads_batch)
-        if plan.embedding:
-            # A pooled embedding needs the whole input in one micro-batch.
+        if plan.pooled:
+            # A pooled output needs the whole input in one micro-batch.
             kwargs.update(n_batch=self.n_ctx, n_ubatch=self.n_ctx)
-            if f"{self.file.architecture}.pooling_type" not in self.file.metadata:
+            if plan.rerank:
+                kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_RANK
+            elif f"{self.file.architecture}.pooling_type" not in self.file.metadata:
                 kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN
         else:
             # The loader's own context is a stub: generation runs on a context made for batching.
@@ -60,7 +68,7 @@ class GgufAdapter:
         except ValueError as exc:
             raise RuntimeError(f"llama.cpp could not load {plan.path.name}: {exc}") from None
         self._counters = {"tokens_generated": 0, "peak_sequences": 0}
-        self.scheduler = None if plan.embedding else self._batching_scheduler(plan.n_parallel)
+        self.scheduler = None if plan.pooled else self._batching_scheduler(plan.n_parallel)
         self.vocab = Vocab(llama_cpp, self.llama, spm=self.file.metadata.get("tokenizer.ggml.model") == "llama")
         self.tokenizer = PromptTokenizer(llama_cpp, self.llama)
         self._template_source = plan.chat_template or self.file.chat_template
@@ -107,8 +115,7 @@ class GgufAdapter:
 
     def chat(self, params: ChatParams, cancel: Cancel) -> Chunks:
         self._text_model()
-        prompt = self._chat_template().render(params.messages, params.tools, bos_token=self.vocab.text(self.vocab.bos),
-                                              eos_token=self.vocab.text(self.vocab.eos))
+        prompt = self._chat_prompt(params.messages, params.tools)
         add_bos = self.vocab.adds_bos and not prompt.startswith(self.vocab.text(self.vocab.bos))
         tokens = self._tokenize(prompt, add_bos, cancel, "messages")
         top = params.top_logprobs if params.logprobs else None
@@ -116,32 +123,121 @@ class GgufAdapter:
 
     def complete(self, params: CompletionParams, cancel: Cancel) -> Chunks:
         self._text_model()
-        if params.suffix is not None:
+        prompt = params.prompt
+        if params.prompt_tokens is not None:
+            if params.suffix is not None:
+                raise InvalidInput("`suffix` needs the prompt as text, not token ids", param="suffix")
+            tokens = text.check_token_ids(params.prompt_tokens, self.vocab.n_vocab, "prompt")
+            prompt = self.llama.detokenize(tokens, special=True).decode("utf-8", errors="replace")
+        elif params.suffix is not None:
             tokens = self._fim_tokens(params.prompt, params.suffix, cancel)
         else:
             tokens = self._tokenize(params.prompt, self.vocab.adds_bos, cancel, "prompt")
-        echo = params.prompt if params.echo else None
+        echo = prompt if params.echo else None
         return (yield from self._generate(tokens, params, cancel, top=params.logprobs, param="prompt", echo=echo))
 
     def embed(self, params: EmbeddingParams, cancel: Cancel) -> Chunks:
         if not self.plan.embedding:
             raise text.unsupported(self.model_id, "is not declared as an embedding model (options.embedding: true)")
         yield from ()
-        counts = []
-        for i, item in enumerate(params.inputs):  # outside the lock: a long input holds up no one else
-            n = len(self._tokenize(item, self.vocab.adds_bos, cancel, "input", what=f"input {i}", room=0))
-            counts.append(n)
-        with cancel.holding(self._lock):  # each input is known to fit: the engine's own tokenizing is short
-            vectors = self.llama.embed(list(params.inputs), normalize=True, truncate=False) if params.inputs else []
-            self._prompt_tokens += sum(counts)
+        if params.token_inputs is not None:
+            sequences = [text.check_token_ids(ids, self.vocab.n_vocab, "input", f"input[{i}]")
+                         for i, ids in enumerate(params.token_inputs)]
+        else:
+            # Outside the lock (a long input holds up no one else), each refused by its bytes first.
+            sequences = [self._pooled_tokens(item, i) for i, item in enumerate(params.inputs)]
+        for i, sequence in enumerate(sequences):
+            text.check_context(len(sequence), self.n_ctx, "input", what=f"input {i}", room=0)
+        with cancel.holding(self._lock):
+            vectors = self._pooled(sequences, self.llama.n_embd(), normalize=True)
+            count = sum(map(len, sequences))
+            self._prompt_tokens += count
             self._requests += 1
-        return {"embeddings": vectors, "usage": {"prompt_tokens": sum(counts)}}
+        return {"embeddings": vectors, "usage": {"prompt_tokens": count}}
+
+    def rerank(self, params: RerankParams, cancel: Cancel) -> Chunks:
+        """Each document read after the query, the way the file's tokenizer frames a pair
+        ([CLS] query [SEP] document [SEP] for BERT), scored by its classification head."""
+        if not self.plan.rerank:
+            raise text.unsupported(self.model_id, "is not declared as a reranker (options.rerank: true)")
+        yield from ()
+        lc, vocab = self._lc, self.vocab.vocab
+        head = [self.vocab.bos] if self.vocab.adds_bos else []
+        tail = [lc.llama_vocab_eos(vocab)] if lc.llama_vocab_get_add_eos(vocab) else []
+        sep = [lc.llama_vocab_sep(vocab)] if lc.llama_vocab_get_add_sep(vocab) else []
+        text.check_bytes(params.query, self.n_ctx, self.tokenizer.longest_token_bytes, "query", "the query")
+        prefix = [*head, *self.llama.tokenize(params.query.encode(), add_bos=False, special=False), *tail, *sep]
+        text.check_context(len(prefix) + len(tail), self.n_ctx, "query", what="the query", room=8)
+        room = self.n_ctx - len(prefix) - len(tail)  # documents are cut to what the context leaves
+        cut = max(room, 0) * self.tokenizer.longest_token_bytes  # no more text than `room` tokens can hold
+        sequences = [[*prefix, *self.llama.tokenize(doc[:cut].encode(), add_bos=False, special=False)[:room], *tail]
+                     for doc in params.documents]
+        with cancel.holding(self._lock):
+            outputs = self._pooled(sequences, max(lc.llama_model_n_cls_out(self.llama._model.model), 1))
+        # The head's first output is the relevance logit (bge-reranker style): as a probability, like HF's.
+        scores = [1.0 / (1.0 + math.exp(-row[0])) for row in outputs]
+        self._requests += 1
+        return {"scores": scores, "usage": {"prompt_tokens": sum(map(len, sequences))}}
+
+    def _pooled_tokens(self, item: str, index: int) -> list[int]:
+        # As llama-cpp-python's embed() tokenizes: the vocabulary's own special tokens, text as text.
+        text.check_bytes(item, self.n_ctx, self.tokenizer.longest_token_bytes, "input", f"input {index}")
+        return self.llama.tokenize(item.encode(), add_bos=True, special=False)
+
+    def _pooled(self, sequences: list[list[int]], width: int, normalize: bool = False) -> list[list[float]]:
+        """One pooled output of `width` floats per sequence; sequences share a decode while they fit."""
+        from llama_cpp import _internals
+
+        batch, out = self.llama._batch, []
+        n_batch, n_seq_max = self.llama.n_batch, self.llama.context_params.n_seq_max
+
+        def flush(count: int) -> None:
+            self.llama._ctx.kv_cache_clear()
+            self.llama._ctx.decode(batch)
+            batch.reset()
+            for seq in range(count):
+                row = self._lc.llama_get_embeddings_seq(self.llama._ctx.ctx, seq)[:width]
+                out.append(_internals.normalize_embedding(row) if normalize else row)
+
+        pending = tokens = 0
+        for sequence in sequences:
+            if pending and (tokens + len(sequence) > n_batch or pending >= n_seq_max):
+                flush(pending)
+                pending = tokens = 0
+            batch.add_sequence(sequence, pending, True)
+            pending, tokens = pending + 1, tokens + len(sequence)
+        if pending:
+            flush(pending)
+        self.llama._ctx.kv_cache_clear()
+        return out
+
+    def tokenize(self, params: TokenizeParams, cancel: Cancel) -> Chunks:
+        """Text as a prompt is tokenized, or messages through the chat template, as generation would."""
+        yield from ()
+        if params.messages is not None:
+            self._text_model()
+            prompt = self._chat_prompt(params.messages, params.tools)
+            add_bos = self.vocab.adds_bos and not prompt.startswith(self.vocab.text(self.vocab.bos))
+        else:
+            prompt, add_bos = params.text or "", params.add_special_tokens and self.vocab.adds_bos
+        tokens = self.llama.tokenize(prompt.encode(), add_bos=add_bos, special=True)
+        return {"tokens": tokens,
+                "pieces": [self.vocab.piece(t, special=True).decode("utf-8", errors="replace") for t in tokens]}
+
+    def detokenize(self, params: DetokenizeParams, cancel: Cancel) -> Chunks:
+        yield from ()
+        tokens = text.check_token_ids(params.tokens, self.vocab.n_vocab, "tokens")
+        return {"text": self.llama.detokenize(tokens, special=True).decode("utf-8", errors="replace")}
 
     # ---- prompts -------------------------------------------------------------------------------
 
     def _text_model(self) -> None:
-        if self.plan.embedding:
-            raise text.unsupported(self.model_id, "is an embedding model")
+        if self.plan.pooled:
+            raise text.unsupported(self.model_id, "is an embedding model" if self.plan.embedding else "is a reranker")
+
+    def _chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+        return self._chat_template().render(messages, tools, bos_token=self.vocab.text(self.vocab.bos),
+                                            eos_token=self.vocab.text(self.vocab.eos))
 
     def _chat_template(self) -> text.ChatTemplate:
         if self._template is None:
@@ -178,7 +274,7 @@ class GgufAdapter:
                   param: str, echo: str | None = None) -> Chunks:
         text.check_context(len(tokens), self.n_ctx, param)
         bias = text.logit_bias(params.logit_bias, self.vocab.n_vocab)
-        constraint = self._constraint(params.response_format)
+        constraint = self._constraint(params)
         budget = self.n_ctx - len(tokens)
         if params.max_tokens is not None:
             budget = min(budget, params.max_tokens)
@@ -232,10 +328,11 @@ class GgufAdapter:
             sampler.add_dist(seed)
         return sampler
 
-    def _constraint(self, response_format: dict[str, Any] | None) -> Constraint | None:
-        schema = text.json_schema(response_format)
-        if schema is None:
-            return None
+    def _constraint(self, params: SamplingParams) -> Constraint | ToolConstraint | None:
+        return tools.constraint_for(params, self._llguidance_vocab, self.vocab.n_vocab,
+                                    lambda token: self.vocab.piece(token, special=True), self._template_source or "")
+
+    def _llguidance_vocab(self):
         if self._lltokenizer is None:  # once per model: ~150 ms for a 32k vocabulary
             self._lltokenizer = llama_tokenizer(self._lc, self.vocab.vocab, self.vocab.n_vocab)
-        return Constraint(new_matcher(self._lltokenizer, schema), self.vocab.n_vocab)
+        return self._lltokenizer

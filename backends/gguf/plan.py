@@ -27,14 +27,20 @@ class GgufPlan(LoadPlan):
     n_parallel: int
     chat_template: str | None  # models.yaml's override; None: the file's own
     embedding: bool
+    rerank: bool  # scores (query, document) pairs with the file's classification head
     file_bytes: int
     kv_bytes_per_token: int  # 0 when the file could not be read
     layer_bytes: tuple[int, ...] = ()  # per repeating block, from the file's tensors
     output_bytes: int = 0  # output norm and head (the input embeddings when they are tied)
     input_bytes: int = 0  # token embeddings: llama.cpp keeps them on the CPU
 
+    @property
+    def pooled(self) -> bool:
+        """An embedding model or a reranker: one pooled output per input, no generation."""
+        return self.embedding or self.rerank
+
     def estimate(self) -> MemoryEstimate:
-        kv = 0 if self.embedding else self.kv_bytes_per_token * self.context_length
+        kv = 0 if self.pooled else self.kv_bytes_per_token * self.context_length
         if self.device == "cpu":
             return MemoryEstimate(weights_mb=self.file_bytes / MIB, kv_cache_mb=kv / MIB, buffers_mb=BUFFERS_MB,
                                   runtime_mb=self.runtime_mb)
@@ -61,7 +67,7 @@ class GgufPlan(LoadPlan):
         return best
 
     def parallel(self) -> int | None:
-        return 1 if self.embedding else self.n_parallel  # embeddings run one call at a time, under a lock
+        return 1 if self.pooled else self.n_parallel  # embeddings and rerank run one call at a time, under a lock
 
     def warm_files(self) -> tuple[Path, ...]:
         return (self.path,)

@@ -7,13 +7,15 @@ import os
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from backends import tools
 from backends.capability import Capability
 from backends.gguf.file import GgufFile, GgufFileError
 from backends.gguf.plan import GgufPlan
 from backends.plan import Device, LoadPlan
 from backends.spec import BaseSpec, Rung
+from backends.tools import ToolFormatOption
 
 DEFAULT_CONTEXT = 4096  # long-context files would otherwise reserve GiBs of cache no local request uses
 
@@ -28,7 +30,15 @@ class GgufOptions(BaseModel):
     n_threads: int | None = Field(None, ge=1, le=512, description="Also used for prompts and batched steps.")
     n_parallel: int = Field(4, ge=1, le=64, description="Requests decoded together in one batch (shared KV pool).")
     chat_template: str | None = Field(None, max_length=200_000, description="Overrides the GGUF's template.")
+    tool_format: ToolFormatOption = Field("auto", description="Tool-call syntax; auto: the one the template teaches.")
     embedding: bool = Field(False, description="Serve /v1/embeddings (pooled) instead of text generation.")
+    rerank: bool = Field(False, description="Serve /v1/rerank with the file's classification head (rank pooling).")
+
+    @model_validator(mode="after")
+    def _one_pooling(self) -> GgufOptions:
+        if self.embedding and self.rerank:
+            raise ValueError("a GGUF model is an embedding model or a reranker, not both")
+        return self
 
 
 class GgufSpec(BaseSpec):
@@ -44,6 +54,8 @@ class GgufSpec(BaseSpec):
     def capabilities(self) -> frozenset[Capability]:
         if self.options.embedding:
             return frozenset({Capability.EMBEDDING})
+        if self.options.rerank:
+            return frozenset({Capability.RERANK})
         return frozenset({Capability.CHAT, Capability.COMPLETION})
 
     def files(self) -> tuple[Path, ...]:
@@ -62,13 +74,17 @@ class GgufSpec(BaseSpec):
         cores = os.cpu_count() or 1
         size = info.size_bytes if info else (self.path.stat().st_size if self.path.exists() else 0)
         return GgufPlan(
-            **self.base_plan(device, context_length=n_ctx, on="cuda" if device.kind == "cuda" and layers else "cpu"),
+            **self.base_plan(device, context_length=n_ctx, on="cuda" if device.kind == "cuda" and layers else "cpu",
+                             max_context_length=max(trained, n_ctx)),
+            tool_format=None if self.options.embedding or self.options.rerank else tools.chosen(
+                self.options.tool_format, self.options.chat_template or (info.chat_template if info else None)),
+            fim=bool(info and not self.options.embedding and not self.options.rerank and info.fim_tokens()),
             path=self.path, n_gpu_layers=layers,
             # Unset, llama-cpp-python's defaults: half the cores per token, every core per batch. Set,
             # batches follow it (all cores stalled batched steps 100x on a busy machine).
             n_threads=self.options.n_threads or max(cores // 2, 1), n_threads_batch=self.options.n_threads or cores,
             n_parallel=self.options.n_parallel, chat_template=self.options.chat_template,
-            embedding=self.options.embedding, file_bytes=size,
+            embedding=self.options.embedding, rerank=self.options.rerank, file_bytes=size,
             kv_bytes_per_token=info.kv_cache_bytes(1) if info else 0,
             layer_bytes=info.tensors.layers if info else (), output_bytes=info.tensors.output if info else 0,
             input_bytes=info.tensors.input if info else 0)

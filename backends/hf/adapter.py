@@ -24,9 +24,11 @@ from backends.contract import (
     ChatParams,
     Chunks,
     CompletionParams,
+    DetokenizeParams,
     EmbeddingParams,
     InvalidInput,
     TextChunk,
+    TokenizeParams,
     TokenLogprob,
 )
 from backends.hf.decode import make_decoder
@@ -149,6 +151,11 @@ class HfTextAdapter:
     def complete(self, params: CompletionParams, cancel: Cancel) -> Chunks:
         self._need_causal()
         prompt = params.prompt
+        if params.prompt_tokens is not None:
+            if params.suffix is not None:
+                raise InvalidInput("`suffix` needs the prompt as text, not token ids", param="suffix")
+            ids = text.check_token_ids(params.prompt_tokens, self.vocab, "prompt")
+            return (yield from self._generate(ids, params, cancel, params.logprobs, "prompt", echo=params.echo))
         if params.suffix is not None:
             if self.fim is None:
                 raise text.no_fill_in_the_middle(self.model_id)
@@ -163,8 +170,17 @@ class HfTextAdapter:
         torch = self._torch
         if not self.plan.embedding:
             raise text.unsupported(self.model_id, "does not serve embeddings (set `embedding: true` in models.yaml)")
-        if not params.inputs:
+        if params.token_inputs is not None:
+            encoded = [text.check_token_ids(ids, self.vocab, "input", f"input[{i}]")
+                       for i, ids in enumerate(params.token_inputs)]
+        else:
+            for i, item in enumerate(params.inputs):  # refused by size before tokenizing
+                text.check_bytes(item, self.context, self.longest_token_bytes, "input", what=f"input {i}")
+            encoded = self.tokenizer(params.inputs).input_ids if params.inputs else []
+        if not encoded:
             raise InvalidInput("input must not be empty", param="input")
+        longest = max(map(len, encoded))
+        text.check_context(longest, self.context, "input", what="an input", room=0)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Right padding keeps each text's positions as they would be alone (a causal LM numbers
@@ -172,21 +188,12 @@ class HfTextAdapter:
         self.tokenizer.padding_side = "right"
         vectors: list[list[float]] = []
         total = 0
-        batches = []
-        for i, item in enumerate(params.inputs):
-            text.check_bytes(item, self.context, self.longest_token_bytes, "input", what=f"input {i}")
-        for start in range(0, len(params.inputs), 16):  # tokenized outside the lock: it holds up no one
-            if cancel:
-                break
-            batch = self.tokenizer(params.inputs[start:start + 16], padding=True, return_tensors="pt")
-            lengths = batch["attention_mask"].sum(dim=1)
-            text.check_context(int(lengths.max()), self.context, "input", what="an input", room=0)
-            total += int(lengths.sum())
-            batches.append(batch)
         with cancel.holding(self._lock):
-            for batch in batches:
+            for start in range(0, len(encoded), 16):
                 if cancel:
                     break
+                batch = self.tokenizer.pad({"input_ids": encoded[start:start + 16]}, padding=True, return_tensors="pt")
+                total += int(batch["attention_mask"].sum())
                 batch = {k: v.to(self.model.device) for k, v in batch.items()}
                 extra = {"logits_to_keep": 1} if self._keep_arg else {}
                 with torch.inference_mode():
@@ -199,6 +206,21 @@ class HfTextAdapter:
         self._requests += 1
         return {"embeddings": vectors, "usage": {"prompt_tokens": total}}
         yield  # a generator like every capability method, though it yields nothing
+
+    def tokenize(self, params: TokenizeParams, cancel: Cancel) -> Chunks:
+        """Text as a prompt is tokenized, or messages through the chat template, as generation would."""
+        yield from ()
+        if params.messages is not None:
+            self._need_causal()
+            ids = self.tokenizer(self.render(params.messages, params.tools), add_special_tokens=False).input_ids
+        else:
+            ids = self.tokenizer(params.text or "", add_special_tokens=params.add_special_tokens).input_ids
+        return {"tokens": ids, "pieces": [self.tokenizer.decode([i]) for i in ids]}
+
+    def detokenize(self, params: DetokenizeParams, cancel: Cancel) -> Chunks:
+        yield from ()
+        ids = text.check_token_ids(params.tokens, self.vocab, "tokens")
+        return {"text": self.tokenizer.decode(ids)}
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -216,8 +238,7 @@ class HfTextAdapter:
         torch = self._torch
         text.check_context(len(ids), self.context, param)
         bias = self._bias(params.logit_bias)
-        schema = text.json_schema(params.response_format)
-        matcher = self.guidance.matcher(schema) if schema is not None else None
+        constraint = self.guidance.constraint(params, self.template.source)
         budget = self.context - len(ids)
         if params.max_tokens is not None:
             budget = min(budget, params.max_tokens)
@@ -251,14 +272,14 @@ class HfTextAdapter:
                     logits += bias
                 if params.presence_penalty or params.frequency_penalty:
                     logits -= params.presence_penalty * (counts > 0) + params.frequency_penalty * counts
-                if matcher is not None:
-                    self.guidance.mask(matcher, logits)
+                if constraint is not None:
+                    self.guidance.mask(constraint, logits)
                 token = self._sample(logits, params.temperature, params.top_p, generator)
                 produced += 1
                 self._tokens_generated += 1
                 counts[token] += 1
-                if matcher is not None:
-                    matcher.consume_token(token)
+                if constraint is not None:
+                    constraint.accept(token)
                 if token in self.eos_ids:
                     finish = "stop"
                     break
@@ -270,7 +291,7 @@ class HfTextAdapter:
                 if safe or (hit and pending):
                     yield self._chunk(safe, pending, top)
                     pending = []
-                if hit or (matcher is not None and matcher.is_stopped()):
+                if hit or (constraint is not None and constraint.finished):
                     finish = "stop"
                     break
                 step_input = torch.tensor([[token]], device=self.model.device)

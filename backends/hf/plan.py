@@ -76,3 +76,19 @@ class HfPlan(LoadPlan):
 
     def from_warm(self, location: Path) -> HfPlan:
         return dataclasses.replace(self, path=location, source="ram")
+
+@dataclass(frozen=True, kw_only=True)
+class HfRerankPlan(HfPlan):
+    """A cross-encoder (a ...ForSequenceClassification checkpoint) that scores query-document pairs."""
+
+    adapter: ClassVar[str] = "backends.hf.reranker:HfRerankAdapter"
+    park_form: ClassVar[str] = "none"  # dropped when evicted: a reranker is small and quick to load
+    batch: int  # pairs read in one forward pass
+
+    def estimate(self) -> MemoryEstimate:
+        element = DTYPE_BYTES[self.dtype]
+        s = self.shape
+        # One batch of full-length pairs: hidden states, the FFN's and the attention scores, per layer.
+        per_pair = self.context_length * (4 * s.hidden + 2 * s.intermediate + self.context_length) * element
+        return MemoryEstimate(weights_mb=self.weights_bytes / MIB, activations_mb=self.batch * per_pair / MIB,
+                              buffers_mb=SLACK_MB, runtime_mb=self.runtime_mb)

@@ -9,13 +9,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backends import safetensors
+from backends import safetensors, tools
 from backends.capability import Capability
-from backends.hf.plan import DTYPE_BYTES, HfPlan, Shape
+from backends.hf.plan import DTYPE_BYTES, HfPlan, HfRerankPlan, Shape
+from backends.hf.tokens import fim_in_files, template_in_files
 from backends.plan import Device
 from backends.spec import BaseSpec, pick_device
+from backends.tools import ToolFormatOption
 
 DEFAULT_CONTEXT = 8192  # long-context models would otherwise reserve GiBs of cache no local request uses
+RERANK_BATCH = 16
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
@@ -32,6 +35,7 @@ class HfOptions(BaseModel):
     bnb_4bit_compute_dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     double_quant: bool = Field(False, description="bitsandbytes nested quantization of the 4-bit scales.")
     chat_template: str | None = Field(None, max_length=100_000, description="Overrides the tokenizer's template.")
+    tool_format: ToolFormatOption = Field("auto", description="Tool-call syntax; auto: the one the template teaches.")
     embedding: bool = Field(False, description="Also serve pooled embeddings (mean over the last hidden state).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     decode: Literal["auto", "dynamic", "static", "cuda-graphs"] = Field(
@@ -46,9 +50,12 @@ class HfSpec(BaseSpec):
 
     @functools.cached_property
     def capabilities(self) -> frozenset[Capability]:
-        """Chat and completion for a causal LM (plus embeddings when asked); an encoder embeds only.
-        Read once: a parked model is still served when its files have since gone."""
-        if not _is_causal(self._config()):
+        """Chat and completion for a causal LM (plus embeddings when asked); a cross-encoder reranks;
+        another encoder embeds. Read once: a parked model is still served when its files have since gone."""
+        config = self._config()
+        if _is_reranker(config):
+            return frozenset({Capability.RERANK})
+        if not _is_causal(config):
             return frozenset({Capability.EMBEDDING})
         extra = {Capability.EMBEDDING} if self.options.embedding else set()
         return frozenset({Capability.CHAT, Capability.COMPLETION, *extra})
@@ -74,15 +81,20 @@ class HfSpec(BaseSpec):
             stored = config.get("torch_dtype") or config.get("dtype")
             dtype = "float32" if on == "cpu" else (stored if stored in DTYPE_BYTES else "float16")
         compute = self.options.bnb_4bit_compute_dtype
-        causal = _is_causal(config)
+        causal, reranker = _is_causal(config), _is_reranker(config)
         text = config.get("text_config") or config
         trained = int(text.get("max_position_embeddings") or text.get("n_positions") or DEFAULT_CONTEXT)
         context = self.context_length or min(trained, DEFAULT_CONTEXT)
-        return HfPlan(
-            **self.base_plan(device, context_length=context, on=on), path=self.path, dtype=dtype,
+        plan, extra = (HfRerankPlan, {"batch": RERANK_BATCH}) if reranker else (HfPlan, {})
+        return plan(
+            **self.base_plan(device, context_length=context, on=on, max_context_length=max(trained, context)),
+            **extra, path=self.path, dtype=dtype, fim=causal and fim_in_files(self.path),
+            tool_format=tools.chosen(self.options.tool_format, self.options.chat_template or template_in_files(self.path))
+            if causal else None,
             quantization=quantization, bnb_4bit_quant_type=self.options.bnb_4bit_quant_type,
             bnb_4bit_compute_dtype=dtype if compute == "auto" else compute, double_quant=self.options.double_quant,
-            chat_template=self.options.chat_template, causal=causal, embedding=self.options.embedding or not causal,
+            chat_template=self.options.chat_template, causal=causal,
+            embedding=self.options.embedding or not (causal or reranker),
             weights_bytes=_weights_bytes(sorted(self.path.glob("*.safetensors")), dtype, quantization),
             shape=Shape.of(config), decode=_decode(self.options.decode, on, quantization))
 
@@ -100,6 +112,10 @@ def _decode(wanted: str, on: str, quantization: str) -> str:
 
 def _is_causal(config: dict[str, Any]) -> bool:
     return any(a.endswith(_CAUSAL_SUFFIXES) for a in config.get("architectures") or [])
+
+
+def _is_reranker(config: dict[str, Any]) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
 
 
 def _weights_bytes(files: list[Path], dtype: str, quantization: str) -> float:

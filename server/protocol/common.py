@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from backends.spec import parse_keep_alive
 from server.errors import InvalidRequest
@@ -23,6 +23,11 @@ N = Annotated[int, Field(ge=1, le=16)]
 StopText = Annotated[str, Field(max_length=512)]
 Bias = Annotated[float, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]
 LogitBias = Annotated[dict[Annotated[str, Field(pattern=r"^\d{1,9}$")], Bias], Field(max_length=1024)]
+# Ollama's per-request keep-alive: seconds, "5m", "1h", -1 (forever).
+KeepAlive = Annotated[float | int | str | None, AfterValidator(lambda v: None if v is None else parse_keep_alive(v))]
+# Token ids in a model's own vocabulary (the engine checks the upper bound, which only it knows).
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=1_000_000)]
 
 
 class WireModel(BaseModel):
@@ -81,13 +86,8 @@ class GenerationRequest(RequestBody):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: LogitBias | None = None
-    keep_alive: float | int | str | None = Field(None, description="Ollama-style: seconds or '5m'.")
+    keep_alive: KeepAlive = Field(None, description="Ollama-style: seconds or '5m'; -1 forever.")
     user: str | None = None
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _keep_alive(cls, value: Any) -> Any:
-        return None if value is None else parse_keep_alive(value)
 
     def sampling(self) -> dict[str, Any]:
         """The contract's SamplingParams fields this request sets (backends/contract.py)."""
@@ -108,8 +108,8 @@ class StreamOptions(WireModel):
     include_usage: bool = False
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+def new_id(prefix: str, separator: str = "-") -> str:
+    return f"{prefix}{separator}{uuid.uuid4().hex[:24]}"
 
 
 def now() -> int:

@@ -6,13 +6,13 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 
-from server.protocol.common import GenerationRequest, MaxTokens, StreamOptions
+from server.protocol.common import GenerationRequest, MaxTokens, StreamOptions, TokenIds
 
 PromptText = Annotated[str, Field(max_length=4_000_000)]
 
 
 class CompletionRequest(GenerationRequest):
-    prompt: PromptText | list[PromptText] | list[int] | list[list[int]] = ""
+    prompt: PromptText | list[PromptText] | TokenIds | list[TokenIds] = ""
     suffix: PromptText | None = None
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
@@ -22,16 +22,17 @@ class CompletionRequest(GenerationRequest):
 
     @field_validator("prompt")
     @classmethod
-    def _texts_only(cls, value: Any) -> Any:
-        if isinstance(value, list) and value and not all(isinstance(p, str) for p in value):
-            raise ValueError("token-array prompts are not supported; send the prompt as text")
-        if isinstance(value, list) and len(value) > 64:
+    def _bounded(cls, value: Any) -> Any:
+        if isinstance(value, list) and value and not isinstance(value[0], int) and len(value) > 64:
             raise ValueError("at most 64 prompts per request")
         return value
 
-    def prompts(self) -> list[str]:
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt, as text or as token ids."""
         if isinstance(self.prompt, str):
             return [self.prompt]
+        if self.prompt and isinstance(self.prompt[0], int):
+            return [list(self.prompt)]
         return list(self.prompt) or [""]
 
     def include_usage(self) -> bool:

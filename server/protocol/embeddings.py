@@ -8,29 +8,26 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from backends.spec import parse_keep_alive
-from server.protocol.common import RequestBody
+from server.protocol.common import KeepAlive, RequestBody, TokenIds
 
 InputText = Annotated[str, Field(max_length=1_000_000)]
 
 
 class EmbeddingRequest(RequestBody):
     model: str = Field(min_length=1, max_length=256)
-    input: InputText | list[InputText] | list[int] | list[list[int]]
+    input: InputText | list[InputText] | TokenIds | list[TokenIds]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
-    keep_alive: float | int | str | None = None
+    keep_alive: KeepAlive = None
 
     @field_validator("input")
     @classmethod
-    def _texts_only(cls, value: Any) -> Any:
+    def _bounded(cls, value: Any) -> Any:
         if isinstance(value, list):
             if not value:
                 raise ValueError("input must not be empty")
-            if not all(isinstance(item, str) for item in value):
-                raise ValueError("token-array inputs are not supported; send the input as text")
-            if len(value) > 2048:
+            if len(value) > 2048 and not isinstance(value[0], int):
                 raise ValueError("at most 2048 inputs per request")
         return value
 
@@ -41,13 +38,19 @@ class EmbeddingRequest(RequestBody):
             raise ValueError("dimensions is not supported: models return their native size")
         return value
 
-    @field_validator("keep_alive")
-    @classmethod
-    def _keep_alive(cls, value: Any) -> Any:
-        return None if value is None else parse_keep_alive(value)
-
     def inputs(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
+        """The inputs as text ([] when they came as token ids)."""
+        if isinstance(self.input, str):
+            return [self.input]
+        return [] if self.token_inputs() is not None else list(self.input)
+
+    def token_inputs(self) -> list[list[int]] | None:
+        """The inputs as token ids, or None when they came as text."""
+        if isinstance(self.input, list) and isinstance(self.input[0], int):
+            return [list(self.input)]
+        if isinstance(self.input, list) and isinstance(self.input[0], list):
+            return [list(ids) for ids in self.input]
+        return None
 
 
 def encode(vector: list[float], encoding_format: str) -> list[float] | str:

@@ -1,5 +1,5 @@
-"""Tool calling for engines that only know constrained JSON: OpenAI tools -> a JSON schema, and the
-engine's JSON back -> OpenAI `tool_calls`. Pure functions; the chat route wires them in.
+"""Tool calling for engines that only know constrained JSON: OpenAI tools -> the JSON schema the
+engine's output is held to. Pure functions; server/tool_syntax.py reads the output back as it streams.
 
 The engine is asked for exactly one JSON object:
   a call:     {"name": "<function>", "arguments": {...}}   (arguments follow the tool's parameters)
@@ -10,8 +10,6 @@ answer in JSON, either a call or a message, rather than us guessing free text is
 
 from __future__ import annotations
 
-import json
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,40 +54,3 @@ def _call_schema(name: str, function: dict[str, Any]) -> dict[str, Any]:
     parameters = function.get("parameters") or ANY_OBJECT
     return {"type": "object", "properties": {"name": {"const": name}, "arguments": parameters},
             "required": ["name", "arguments"], "additionalProperties": False}
-
-
-def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
-
-
-@dataclass
-class ToolOutcome:
-    content: str | None
-    tool_calls: list[dict[str, Any]] | None
-    finish_reason: str
-
-
-def interpret(text: str, tool_plan: ToolPlan, engine_finish: str) -> ToolOutcome:
-    """The engine's JSON as an assistant message: a tool call, a message, or (when the output is
-    not one of those, e.g. cut by max_tokens) the raw text with the engine's finish reason."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return ToolOutcome(text, None, engine_finish)
-    if isinstance(value, dict) and value.get("name") in tool_plan.names and "arguments" in value:
-        call = {"id": new_call_id(), "type": "function",
-                "function": {"name": value["name"], "arguments": json.dumps(value["arguments"])}}
-        return ToolOutcome(None, [call], "tool_calls")
-    if tool_plan.allow_message and isinstance(value, dict) and isinstance(value.get("content"), str):
-        return ToolOutcome(value["content"], None, engine_finish)
-    return ToolOutcome(text, None, engine_finish)
-
-
-def stream_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Streaming fragments for complete calls: the first names the call, the next carries arguments."""
-    deltas = []
-    for index, call in enumerate(calls):
-        deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                       "function": {"name": call["function"]["name"], "arguments": ""}}]})
-        deltas.append({"tool_calls": [{"index": index, "function": {"arguments": call["function"]["arguments"]}}]})
-    return deltas

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from backends import schema_limits
 from backends.capability import Capability
-from backends.contract import ChatParams, TextChunk, TextResult
+from backends.contract import TokenLogprob
+from backends.tools import ToolFormat
+from server.answer import Answer, Call, Delta, Finish, collect
+from server.conversation import Conversation
 from server.errors import InvalidRequest, UnsupportedCapability
 from server.generation import Generation, model_for, sse, sse_response, until_disconnected
 from server.protocol import chat as wire
@@ -19,50 +21,51 @@ from server.protocol import logprobs as lp
 from server.protocol import tools
 from server.protocol.common import new_id, now, usage
 from server.services import services_of
+from server.tool_syntax import ToolCall
 
 router = APIRouter()
 
 
-def engine_params(body: wire.ChatCompletionRequest, plan: tools.ToolPlan) -> ChatParams:
-    params = ChatParams(messages=[m.model_dump(exclude_none=True) for m in body.messages],
-                        max_tokens=body.token_limit(), **body.sampling())
-    if body.logprobs:
-        params.logprobs = True
-        params.top_logprobs = body.top_logprobs or 0
-    if body.response_format is not None:
-        params.response_format = body.response_format.normalised()
-    if plan.schema is not None:
-        params.response_format = {"type": "json_schema", "schema": plan.schema}
-        params.tools = body.tool_dicts()
-    return params
+def conversation(body: wire.ChatCompletionRequest) -> Conversation:
+    return Conversation(
+        messages=[m.model_dump(exclude_none=True) for m in body.messages], tools=body.tool_dicts(),
+        tool_choice=body.tool_choice_value(), parallel_tool_calls=body.parallel_tool_calls,
+        response_format=body.response_format.normalised() if body.response_format else None,
+        max_tokens=body.token_limit(), sampling=body.sampling(), logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs or 0, n=body.n)
 
 
-def tool_plan(body: wire.ChatCompletionRequest) -> tools.ToolPlan:
+def tool_plan(talk: Conversation) -> tools.ToolPlan:
     try:
-        return tools.plan(body.tool_dicts(), body.tool_choice_value())
+        return talk.tool_plan()
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="tool_choice") from None
 
 
-def per_choice(params: ChatParams, n: int) -> list[ChatParams]:
-    """n choices are n calls; with a seed, each gets its own so they differ yet stay reproducible."""
-    if n == 1 or params.seed is None:
-        return [params] * n
-    return [dataclasses.replace(params, seed=params.seed + i) for i in range(n)]
+async def answer_to(request: Request, talk: Conversation, spec, keep_alive: float | None) -> Answer:
+    """The engine asked, its output read as an answer (shared by every chat front door)."""
+    check_request(talk, spec)
+    plan = tool_plan(talk)
+    syntax = ToolFormat(services_of(request).arbiter.plan(spec)[0].tool_format or ToolFormat.JSON)
+    generation = await Generation.open(request, spec, keep_alive, talk.params(plan, syntax))
+    return Answer(generation, syntax if plan.schema is not None else None, talk.logprobs,
+                  forced=plan.schema is not None and not plan.allow_message)
 
 
-def check_request(body: wire.ChatCompletionRequest, spec) -> None:
+def check_request(talk: Conversation, spec) -> None:
     """What no engine could serve, refused before a model is touched: content parts a text model
     cannot read, schemas past what constrained decoding allows (backends/schema_limits.py)."""
-    for i, message in enumerate(body.messages):
-        for j, part in enumerate(message.content if isinstance(message.content, list) else []):
+    for i, message in enumerate(talk.messages):
+        content = message.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else []):
             kind = part.get("type") if isinstance(part, dict) else None
             if kind != "text":
                 raise UnsupportedCapability(f"model {spec.id} reads text only; messages[{i}].content[{j}] is a "
                                             f"{kind!r} part", param=f"messages.{i}.content.{j}")
-    schemas = [(t.function.parameters, f"tools.{i}.function.parameters") for i, t in enumerate(body.tools or [])]
-    if body.response_format is not None and body.response_format.json_schema is not None:
-        schemas.append((body.response_format.json_schema.schema_, "response_format.json_schema.schema"))
+    schemas = [((t.get("function") or {}).get("parameters"), f"tools.{i}.function.parameters")
+               for i, t in enumerate(talk.tools or [])]
+    if talk.response_format is not None and talk.response_format.get("schema") is not None:
+        schemas.append((talk.response_format["schema"], "response_format.json_schema.schema"))
     for schema, path in schemas:
         try:
             schema_limits.check(schema or {}, path)
@@ -73,82 +76,55 @@ def check_request(body: wire.ChatCompletionRequest, spec) -> None:
 @router.post("/v1/chat/completions")
 async def create_chat_completion(request: Request, body: wire.ChatCompletionRequest):
     spec = model_for(request, body.model, Capability.CHAT)
-    check_request(body, spec)
-    plan = tool_plan(body)
-    generation = await Generation.open(request, spec, body.keep_alive, per_choice(engine_params(body, plan), body.n))
+    answer = await answer_to(request, conversation(body), spec, body.keep_alive)
     cid, created = new_id("chatcmpl"), now()
     if body.stream:
-        return sse_response(request, generation, _stream(body, plan, generation, cid, created))
+        return sse_response(request, answer.generation, _stream(body, answer, cid, created))
     try:
-        results = await until_disconnected(request, generation.collect())
+        results = await until_disconnected(request, collect(answer))
     finally:
-        generation.close()
-    choices, prompt_tokens, completion_tokens = [], 0, 0
-    for index, (chunks, raw) in enumerate(results):
-        pieces, final = cast(list[TextChunk], chunks), cast(TextResult, raw)
-        text = "".join(c["text"] for c in pieces)
-        reason = final["finish_reason"]
-        logprobs = _logprobs(body, pieces)
-        if plan.schema is not None:
-            outcome = tools.interpret(text, plan, reason)
-            extra = {"tool_calls": outcome.tool_calls} if outcome.tool_calls else {}
-            choices.append(wire.choice(index, outcome.content, outcome.finish_reason, logprobs, **extra))
-        else:
-            choices.append(wire.choice(index, text, reason, logprobs))
-        prompt_tokens = final["usage"]["prompt_tokens"]
-        completion_tokens += final["usage"]["completion_tokens"]
-    generation.usage = (prompt_tokens, completion_tokens)
-    services_of(request).metrics.observe_generation(spec.id, generation)
+        answer.generation.close()
+    choices = []
+    for index, (text, calls, logprobs, reason) in enumerate(results):
+        extra = {"tool_calls": [tool_call(call) for call in calls]} if calls else {}
+        content = text if text or not calls else None
+        choices.append(wire.choice(index, content, reason, _logprobs(body, logprobs), **extra))
+    services_of(request).metrics.observe_generation(spec.id, answer.generation)
     # Plain JSON data already: skip FastAPI's jsonable_encoder pass on the hot path.
-    return JSONResponse(wire.completion(cid, created, body.model, choices, usage(prompt_tokens, completion_tokens)))
+    return JSONResponse(wire.completion(cid, created, body.model, choices, usage(*answer.usage)))
 
 
-def _logprobs(body: wire.ChatCompletionRequest, chunks: list[TextChunk]) -> dict[str, Any] | None:
+def tool_call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _logprobs(body: wire.ChatCompletionRequest, entries: list[TokenLogprob] | None) -> dict[str, Any] | None:
     if not body.logprobs:
         return None
-    entries = [e for c in chunks for e in c.get("logprobs", [])]
-    return {"content": lp.chat_content(entries), "refusal": None}
+    return {"content": lp.chat_content(entries or []), "refusal": None}
 
 
-async def _stream(body: wire.ChatCompletionRequest, plan: tools.ToolPlan, generation: Generation, cid: str,
-                  created: int) -> AsyncIterator[bytes]:
+async def _stream(body: wire.ChatCompletionRequest, answer: Answer, cid: str, created: int) -> AsyncIterator[bytes]:
     with_usage = body.include_usage()
-    model = body.model
-    held: dict[int, list[TextChunk]] = {i: [] for i in range(body.n)}  # tool output is parsed whole
 
     def event(*choices: dict[str, Any]) -> bytes:
-        return sse(wire.chunk(cid, created, model, list(choices), with_usage))
+        return sse(wire.chunk(cid, created, body.model, list(choices), with_usage))
 
     for index in range(body.n):
         yield event(wire.delta(index, role="assistant", content=""))
-    async for index, raw in generation.events():
-        piece = cast(TextChunk, raw)
-        if plan.schema is not None:
-            held[index].append(piece)
-        elif piece["text"] or piece.get("logprobs"):
-            yield event(wire.delta(index, content=piece["text"], logprobs=_logprobs(body, [piece])))
-    if generation.abandoned:
-        return
-    prompt_tokens = completion_tokens = 0
-    for index, raw_final in enumerate(generation.finals()):
-        final = cast(TextResult, raw_final)
-        reason = final["finish_reason"]
-        if plan.schema is not None:
-            text = "".join(c["text"] for c in held[index])
-            outcome = tools.interpret(text, plan, reason)
-            reason = outcome.finish_reason
-            logprobs = _logprobs(body, held[index])
-            if outcome.tool_calls:
-                for fragment in tools.stream_deltas(outcome.tool_calls):
-                    yield event(wire.delta(index, logprobs=logprobs, **fragment))
-                    logprobs = None
-            elif outcome.content:
-                yield event(wire.delta(index, content=outcome.content, logprobs=logprobs))
-        yield event(wire.delta(index, finish_reason=reason))
-        prompt_tokens = final["usage"]["prompt_tokens"]
-        completion_tokens += final["usage"]["completion_tokens"]
-    generation.usage = (prompt_tokens, completion_tokens)
-    if with_usage:
-        last = wire.chunk(cid, created, model, [], False)
-        last["usage"] = usage(prompt_tokens, completion_tokens)
+    async for item in answer.events():
+        if isinstance(item, Delta):
+            yield event(wire.delta(item.choice, content=item.text, logprobs=_logprobs(body, item.logprobs)))
+        elif isinstance(item, Call):
+            # The call is complete: one fragment names it, the next carries its arguments.
+            head = {"index": item.call.index, "id": item.call.id, "type": "function",
+                    "function": {"name": item.call.name, "arguments": ""}}
+            yield event(wire.delta(item.choice, tool_calls=[head]))
+            yield event(wire.delta(item.choice, tool_calls=[{"index": item.call.index,
+                                                             "function": {"arguments": item.call.arguments}}]))
+        elif isinstance(item, Finish):
+            yield event(wire.delta(item.choice, finish_reason=item.reason))
+    if with_usage and not answer.generation.abandoned:
+        last = wire.chunk(cid, created, body.model, [], False)
+        last["usage"] = usage(*answer.usage)
         yield sse(last)

@@ -26,9 +26,10 @@ def engine_params(body: wire.CompletionRequest) -> list[CompletionParams]:
                             **body.sampling())
     calls = []
     for prompt in body.prompts():
+        text, tokens = (prompt, None) if isinstance(prompt, str) else ("", prompt)
         for j in range(body.n):
             seed = None if base.seed is None else base.seed + j
-            calls.append(dataclasses.replace(base, prompt=prompt, seed=seed))
+            calls.append(dataclasses.replace(base, prompt=text, prompt_tokens=tokens, seed=seed))
     return calls
 
 

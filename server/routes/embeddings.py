@@ -19,7 +19,8 @@ router = APIRouter()
 @router.post("/v1/embeddings")
 async def create_embeddings(request: Request, body: wire.EmbeddingRequest):
     spec = model_for(request, body.model, Capability.EMBEDDING)
-    generation = await Generation.open(request, spec, body.keep_alive, [EmbeddingParams(inputs=body.inputs())])
+    params = EmbeddingParams(inputs=body.inputs(), token_inputs=body.token_inputs())
+    generation = await Generation.open(request, spec, body.keep_alive, [params])
     try:
         [(_, raw)] = await generation.collect()
     finally:

@@ -13,8 +13,8 @@ router = APIRouter()
 
 def _entry(svc: Services, spec, name: str | None = None) -> dict:
     rung = svc.arbiter.rung(spec)
-    return entry(spec, svc.started_at, svc.arbiter.status(spec.id), rung.plan.context_length, rung.placement,
-                 name=name)
+    return entry(spec, svc.started_at, svc.arbiter.status(spec.id), rung.plan, svc.arbiter.estimate_mb(spec),
+                 rung.placement, name=name)
 
 
 @router.get("/v1/models")
