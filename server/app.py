@@ -16,11 +16,12 @@ from server import errors
 from server.access import AccessMiddleware
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
+from server.events import EventHub, Fanout
 from server.imagestore import ImageStore
 from server.memory import MemoryProbe, default_budget_mb, default_ram_budget_mb, detect_device
 from server.metrics import Metrics
 from server.registry import Registry, load_registry
-from server.routes import admin, audio, chat, completions, embeddings, health, images, models
+from server.routes import admin, audio, chat, completions, embeddings, events, health, images, models, ui
 from server.security import SecurityMiddleware
 from server.services import Services
 from server.settings import Settings
@@ -71,16 +72,18 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
         unload_timeout_s=settings.unload_timeout_s,
         max_wait_s=settings.max_wait_s,
         ram_budget_mb=ram_budget,
-        events=metrics,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         warm = WarmStore(settings.park_dir) if ram_budget else None
-        arbiter = Arbiter(budget, factory or WorkerFactory(), probe, warm=warm, **arbiter_kwargs)
+        hub = EventHub()
+        arbiter = Arbiter(budget, factory or WorkerFactory(), probe, warm=warm, events=Fanout(metrics, hub),
+                          **arbiter_kwargs)
+        hub.bind(arbiter)
         images = ImageStore(ttl_s=settings.image_ttl_s, max_bytes=settings.image_store_mb * 1024 * 1024)
         app.state.services = services = Services(settings, registry, arbiter, metrics, probe, device, images,
-                                                 ScratchDir(), int(time.time()))
+                                                 ScratchDir(), int(time.time()), hub)
         metrics.memory(0.0, budget, {})
         metrics.ram_budget.set(ram_budget * 1024 * 1024)
         for spec in registry:
@@ -91,13 +94,14 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
         try:
             yield
         finally:
+            hub.close()
             await arbiter.close()
             services.audio_scratch.close()
 
     app = FastAPI(title="modelyard", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     for router in (chat.router, completions.router, embeddings.router, models.router, health.router,
-                   admin.router, images.router, audio.router):
+                   admin.router, images.router, audio.router, events.router, ui.router):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)

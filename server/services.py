@@ -9,6 +9,7 @@ from starlette.requests import Request
 from backends.plan import Device
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
+from server.events import EventHub
 from server.imagestore import ImageStore
 from server.memory import MemoryProbe
 from server.metrics import Metrics
@@ -27,6 +28,7 @@ class Services:
     images: ImageStore  # generated images served by URL
     audio_scratch: ScratchDir  # decoded uploads on their way to a worker
     started_at: int
+    events: EventHub  # the arbiter's events as streams (/admin/events)
 
 
 def services_of(request: Request) -> Services:
