@@ -317,9 +317,17 @@ function drawBar(bar, segments, scale, freeMb) {
     });
 }
 
+const ORDER = { loading: 0, ready: 0, draining: 0, unloading: 0, parked: 1, absent: 2 };
+
 function renderTable() {
   const body = $("#models tbody");
-  const rows = state.models.map((m) => m.id);
+  // What is on the device first (in the bar's order), then what is parked, then the rest.
+  const onDevice = (state.snapshot?.residents || []).map((r) => r.model);
+  const rank = (id) => [ORDER[stateOf(id)], onDevice.indexOf(id), state.models.findIndex((m) => m.id === id)];
+  const rows = state.models.map((m) => m.id).sort((x, y) => {
+    const [a, b] = [rank(x), rank(y)];
+    return a[0] - b[0] || a[1] - b[1] || a[2] - b[2];
+  });
   keyed(body, rows, (id) => id, (id) => {
     const backend = state.models.find((m) => m.id === id)?.backend;
     const button = el("button", { type: "button", class: "link", text: id });
@@ -328,8 +336,7 @@ function renderTable() {
       el("th", { scope: "row", "data-label": "Model", title: `${id} (${backend})` }, button),
       el("td", { "data-label": "State" }, el("span", { class: "badge" })),
       el("td", { class: "n", "data-label": "Device MiB" }),
-      el("td", { class: "n", "data-label": "Leases" }),
-      el("td", { class: "n", "data-label": "Queue" }),
+      el("td", { class: "n", "data-label": "Requests" }),
       el("td", { class: "keep", "data-label": "Keep-alive" }),
       el("td", { class: "placement", "data-label": "Placement" }));
     row.dataset.model = id;
@@ -346,20 +353,21 @@ function renderTable() {
     badge.textContent = STATE_WORDS[st];
     if (r) {
       const estimate = r.estimate?.total_mb;
-      cells[2].textContent = mib(r.memory_mb).replace(" MiB", "");
+      cells[2].textContent = String(Math.round(r.memory_mb));
       if (estimate !== undefined && Math.abs(estimate - r.memory_mb) >= 1) {
-        cells[2].append(el("span", { class: "sub", text: ` est. ${Math.round(estimate)}` }));
+        cells[2].append(el("span", { class: "sub", text: `est. ${Math.round(estimate)}` }));
       }
       cells[3].textContent = `${r.refcount}/${r.slots ?? "∞"}`;
-      cells[6].textContent = r.placement;
+      cells[5].textContent = r.placement;
     } else {
-      cells[2].textContent = p ? `${Math.round(p.device_mb)}` : "–";
-      if (p) cells[2].append(el("span", { class: "sub", text: ` ${Math.round(p.memory_mb)} in RAM` }));
+      cells[2].textContent = "–";
+      if (p) cells[2].append(el("span", { class: "sub", text: `${Math.round(p.memory_mb)} in RAM` }));
       cells[3].textContent = "–";
-      cells[6].textContent = p ? p.placement : "–";
+      cells[5].textContent = p ? p.placement : "–";
     }
-    cells[4].textContent = String(state.snapshot?.queues?.[id] || 0);
-    cells[5].textContent = keepAliveText(id);
+    const queued = state.snapshot?.queues?.[id] || 0;
+    if (queued) cells[3].append(el("span", { class: "queued", text: ` +${queued}` }));
+    cells[4].textContent = keepAliveText(id);
   });
 }
 
@@ -380,7 +388,7 @@ function keepAliveText(id) {
 
 function tick() {
   // Countdowns run on the page's own clock between snapshots: no request.
-  for (const row of $$("#models tbody tr")) row.children[5].textContent = keepAliveText(row.dataset.model);
+  for (const row of $$("#models tbody tr")) row.children[4].textContent = keepAliveText(row.dataset.model);
   const keep = $("#fact-keep");
   if (keep) keep.textContent = keepAliveText(shownModel());
 }
@@ -443,7 +451,7 @@ function renderDetail() {
   $("#loads").replaceChildren(...[...loads].reverse().map((l) => el("li", { text: l.kind === "swapped_in"
     ? `${clock(l.at)} · from ${l.source} in ${seconds(l.seconds)}`
     : `${clock(l.at)} · failed (${l.result}) after ${seconds(l.seconds)}` })));
-  if (!loads.length) $("#loads").append(el("li", { class: "muted", text: "no loads since the server started" }));
+  if (!loads.length) $("#loads").append(el("li", { class: "muted none", text: "none since the server started" }));
   refreshPlan(model);
   renderPlan(model);
 }
@@ -557,7 +565,9 @@ function describe(record) {
     case "swapped_in": return `${record.model}: ready, from ${record.source} in ${seconds(record.seconds)}`;
     case "load_failed": return `${record.model}: load ${record.result} after ${seconds(record.seconds)}`;
     case "evicted": return `${record.model}: ${record.parked ? "parked in RAM" : "unloaded"} (${record.reason.replace("_", " ")})`;
-    case "switched": return `admission switched models (${record.reason})`;
+    case "switched": return record.reason === "aging"
+      ? "switched models: a request waited past the aging bound"
+      : "switched models: the loaded one had no work left";
     default: return `${record.model || ""} ${record.kind}`;
   }
 }
