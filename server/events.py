@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -99,6 +100,7 @@ class EventHub:
         self._history: deque[Record] = deque(maxlen=HISTORY)
         self._loads: dict[str, deque[Record]] = {}  # per registry model: bounded by the registry
         self._ids = itertools.count(1)
+        self.epoch = secrets.token_hex(4)  # this hub's, in every event id: a restarted server's ids start again
         self._flush: asyncio.TimerHandle | None = None
         self.snapshots = 0  # published so far (tests and the benchmark read it)
         self.closed = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 import time
 
@@ -72,11 +73,15 @@ class Stream:
         raise AssertionError(f"{what}: not seen within {timeout}s; messages: {self.messages[-6:]}")
 
     def close(self) -> None:
+        """Hang up as a browser tab does: the socket goes (closing the response from this thread
+        would not wake the reader blocked on it)."""
         if self._response is not None:
-            with contextlib.suppress(Exception):
-                self._response.close()
-        self._client.close()
+            sock = self._response.extensions["network_stream"].get_extra_info("socket")
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(5)
+        assert not self._thread.is_alive(), "the stream's reader did not stop"
+        self._client.close()
 
 
 @contextlib.contextmanager
@@ -116,7 +121,9 @@ def test_the_event_stream_opens_with_a_snapshot_and_follows_a_swap_to_the_warm_t
         assert [(r["model"], r["state"]) for r in last["residents"]] == [("b", "ready")]
         assert [p["model"] for p in last["parked"]] == ["a"] and last["used_mb"] == 600
         ids = [event_id for event, event_id, _ in events.messages if event == "record"]
-        assert ids == sorted(ids, key=int) and len(set(ids)) == 6
+        epoch = events.of("hello")[0]["epoch"]
+        assert [i.split("-")[0] for i in ids] == [epoch] * 6
+        assert [int(i.split("-")[1]) for i in ids] == sorted(int(i.split("-")[1]) for i in ids)
 
 
 def test_a_burst_of_requests_costs_a_few_snapshots_not_one_per_request(served):
@@ -145,13 +152,19 @@ def test_a_reconnecting_stream_is_sent_only_the_records_it_missed(served):
         client.chat.completions.create(model="a", messages=HELLO, max_tokens=1)
         with stream(s) as first:
             last_id = max(r["id"] for r in first.records())
+            assert first.of("hello")[0]["resumed"] is False
         client.chat.completions.create(model="b", messages=HELLO, max_tokens=1)
-        with stream(s, headers={"Last-Event-ID": str(last_id)}) as again:
+        epoch = first.of("hello")[0]["epoch"]
+        with stream(s, headers={"Last-Event-ID": f"{epoch}-{last_id}"}) as again:
+            assert again.of("hello")[0]["resumed"] is True
             missed = again.of("hello")[0]["history"]
             assert kinds(missed) == [("switched", None), ("evicted", "a"), ("loading", "b"), ("swapped_in", "b")]
             assert all(r["id"] > last_id for r in missed)
             loads = again.of("hello")[0]["loads"]  # each model's loads, whatever the client saw already
             assert [r["source"] for r in loads["a"]] == ["disk"] and list(loads) == ["a", "b"]
+        with stream(s, headers={"Last-Event-ID": f"0badc0de-{last_id}"}) as after_restart:
+            hello = after_restart.of("hello")[0]  # an id another server (or this one before a restart) gave
+            assert hello["resumed"] is False and len(hello["history"]) == 6
 
 
 def test_a_stream_the_client_leaves_is_unsubscribed_at_once(served):

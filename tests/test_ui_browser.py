@@ -306,6 +306,16 @@ def test_copy_as_curl_gives_a_command_that_makes_the_same_call(browser, served, 
         assert events[-1] == "[DONE]" and json.loads(events[0])["object"] == "chat.completion.chunk"
 
 
+def test_text_from_the_server_is_shown_as_text_never_run_as_markup(browser, served):
+    trap = "<img src=x onerror=\"window.pwned=1\"><b>bold</b>"
+    with served([fake("a", spec_description=trap)]) as s, opened(browser, s) as page:
+        live(page)
+        page.locator("#models tr[data-model='a'] button").click()
+        expect(page.locator("#detail-desc")).to_have_text(f"fake · {trap}")
+        assert page.locator("#detail-desc img, #detail-desc b").count() == 0
+        assert page.evaluate("window.pwned") is None
+
+
 # ---- plain, accessible, and laid out for any screen ------------------------------------------------------
 
 

@@ -1,13 +1,14 @@
 """GET /admin/events: the arbiter as a server-sent event stream (the page's memory view, `modelyard events`).
 
     retry: 2000
-    event: hello       {"history": [records], "loads": {model: [records]}} once, first
+    event: hello       {"epoch", "resumed", "history": [records], "loads": {model: [records]}} once, first
     event: snapshot    /admin/ps's body and "at" (server wall time): at once, then whenever it changed
-    id: 42
+    id: 5f3a9c1e-42
     event: record      a lifecycle record (server/events.py's Record): loading, swapped_in, ...
     : keep-alive       a comment after HEARTBEAT_S of quiet
 
-A reconnecting client's Last-Event-ID limits the hello's history to the records it missed.
+A reconnecting client's Last-Event-ID limits the hello's history to the records it missed
+("resumed": true); an id from before a restart, or none, gets the whole history ("resumed": false).
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ router = APIRouter(prefix="/admin")
 HEARTBEAT_S = 15.0  # below the idle timeouts of common proxies
 
 
-def message(event: str, data: Any, event_id: int | None = None) -> bytes:
+def message(event: str, data: Any, event_id: str | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def _last_event_id(request: Request) -> int:
-    value = request.headers.get("last-event-id", "")
-    return int(value) if value.isdigit() else 0
+def _last_event_id(request: Request, epoch: str) -> int | None:
+    """The record id a reconnecting client saw last, if it was this hub's."""
+    seen, _, number = request.headers.get("last-event-id", "").partition("-")
+    return int(number) if seen == epoch and number.isdigit() else None
 
 
 @router.get("/events")
@@ -44,8 +46,8 @@ async def events(request: Request) -> StreamingResponse:
     subscription = hub.subscribe()
     if subscription is None:
         raise Unavailable(f"{MAX_SUBSCRIBERS} event streams are open already", retry_after_s=5)
-    after = _last_event_id(request)
-    hello = {"history": [r.wire() for r in hub.history(after)],
+    after = _last_event_id(request, hub.epoch)
+    hello = {"epoch": hub.epoch, "resumed": after is not None, "history": [r.wire() for r in hub.history(after or 0)],
              "loads": {model: [r.wire() for r in records] for model, records in hub.loads().items()}}
     first = hub.snapshot()
 
@@ -64,7 +66,7 @@ async def events(request: Request) -> StreamingResponse:
                     yield b": keep-alive\n\n"
                 for kind, body in due:
                     if isinstance(body, Record):
-                        yield message(kind, body.wire(), body.id)
+                        yield message(kind, body.wire(), f"{hub.epoch}-{body.id}")
                     else:
                         yield message(kind, body)
         finally:

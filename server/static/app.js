@@ -18,7 +18,8 @@ const state = {
   version: 0,               // snapshots seen: a plan fetched for an older one is stale
   history: [],              // lifecycle records, oldest first
   loads: {},                // model -> its recent load records
-  lastEventId: 0,
+  lastEventId: "",           // "<server epoch>-<record id>": a reconnect is sent only what it missed
+  epoch: "",                 // the server's event epoch (a new one after a restart)
   selected: null,           // the model the detail panel shows
   hovered: null,            // a model under the pointer (previewed in the panel)
   plan: { model: null, version: -1, body: null, error: null, busy: false, timer: 0, fetchedAt: 0 },
@@ -178,7 +179,7 @@ async function watchEvents() {
   let delay = 1000;
   while (!controller.signal.aborted) {
     try {
-      const headers = state.lastEventId ? { "Last-Event-ID": String(state.lastEventId) } : {};
+      const headers = state.lastEventId ? { "Last-Event-ID": state.lastEventId } : {};
       const response = await api("admin/events", { headers, signal: controller.signal });
       setConnection("live", "Live");
       delay = 1000;
@@ -187,7 +188,7 @@ async function watchEvents() {
         if (message.event === "hello") onHello(data);
         else if (message.event === "snapshot") onSnapshot(data);
         else if (message.event === "record") onRecord(data);
-        if (message.id) state.lastEventId = Number(message.id);
+        if (message.id) state.lastEventId = message.id;
       }
     } catch (error) {
       if (controller.signal.aborted) return;
@@ -201,6 +202,12 @@ async function watchEvents() {
 }
 
 function onHello(hello) {
+  if (!hello.resumed) { // a first connection, or a restarted server: its history replaces ours
+    state.history = [];
+    state.loads = {};
+  }
+  if (state.epoch && hello.epoch !== state.epoch) loadModels().catch(() => {}); // its registry may differ
+  state.epoch = hello.epoch;
   for (const record of hello.history) addRecord(record, false);
   for (const [model, records] of Object.entries(hello.loads)) state.loads[model] = records;
   renderEvents();
