@@ -841,17 +841,22 @@ class Arbiter:
 
     def pin(self, spec: BaseSpec, pinned: bool) -> None:
         """Pin or unpin a model until the server stops. Pinning an absent model loads it, as a
-        models.yaml pin does at start-up; unpinning an idle one starts its keep-alive."""
+        models.yaml pin does at start-up (ModelTooLarge if it can never fit); unpinning an idle one
+        starts its keep-alive."""
         if spec.pinned and not pinned:
             raise ValueError(f"model {spec.id} is pinned in models.yaml")
         if pinned == self.pinned(spec):
             return
+        resident = self._residents.get(spec.id)
+        if pinned and resident is None and spec.id not in self._parked:
+            chosen = self.ladder(spec)
+            if chosen.chosen is None:
+                raise self._refuse(spec, chosen)
         if pinned:
             self._pins.add(spec.id)
         else:
             self._pins.discard(spec.id)
         self._ladders.clear()  # every other model's room changed
-        resident = self._residents.get(spec.id)
         if pinned:
             if resident is None:
                 self.preload(spec)

@@ -208,8 +208,8 @@ def test_preload_answers_once_the_model_is_ready_and_refuses_what_cannot_load(se
 
 
 def test_a_model_pinned_over_http_keeps_its_room_until_it_is_unpinned(served):
-    with served([fake("a", memory_mb=600), fake("b", memory_mb=600), fake("p", memory_mb=100, spec_pinned=True)],
-                budget_mb=1200) as s:
+    with served([fake("a", memory_mb=600), fake("b", memory_mb=600), fake("p", memory_mb=100, spec_pinned=True),
+                 fake("huge", memory_mb=5000)], budget_mb=1200) as s:
         client = s.client()
         pinned = s.http.post("/admin/pin", json={"model": "a"}).json()
         assert pinned == {"model": "a", "pinned": True, "status": pinned["status"]}
@@ -222,6 +222,8 @@ def test_a_model_pinned_over_http_keeps_its_room_until_it_is_unpinned(served):
         assert {r["model"] for r in s.ps()["residents"]} == {"b", "p"}
         refused = s.http.post("/admin/pin", json={"model": "p", "pinned": False})
         assert refused.status_code == 400 and "models.yaml" in refused.json()["error"]["message"]
+        too_large = s.http.post("/admin/pin", json={"model": "huge"})
+        assert too_large.status_code == 400 and "cannot fit" in too_large.json()["error"]["message"]
 
 
 def test_the_registry_for_the_playground_says_what_each_model_does_and_what_its_forms_take(served):

@@ -889,6 +889,15 @@ async def test_pinning_an_absent_model_loads_it():
 
 
 @scenario
+async def test_a_model_that_can_never_fit_is_not_pinned():
+    bench = Bench(budget_mb=1000)
+    huge = model("huge", 2000)
+    with pytest.raises(ModelTooLarge):
+        bench.arbiter.pin(huge, True)
+    assert not bench.arbiter.pinned(huge) and bench.factory.started == []
+
+
+@scenario
 async def test_unpinning_an_idle_model_starts_its_keep_alive():
     bench = Bench()
     a = model("a", keep_alive=60)
