@@ -319,16 +319,16 @@ def test_text_from_the_server_is_shown_as_text_never_run_as_markup(browser, serv
 # ---- plain, accessible, and laid out for any screen ------------------------------------------------------
 
 
-def contrast(page: Page, selector: str) -> float:
-    """WCAG contrast of an element's text against the page background."""
-    return page.evaluate("""(selector) => {
+def contrast(page: Page, selector: str, behind: str = ".card") -> float:
+    """WCAG contrast of an element's text against the background of `behind` (a card by default)."""
+    return page.evaluate("""([selector, behind]) => {
         const rgb = (c) => c.match(/[\\d.]+/g).slice(0, 3).map(Number);
         const lum = ([r, g, b]) => [r, g, b].map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92
             : ((v + 0.055) / 1.055) ** 2.4; }).reduce((s, v, i) => s + v * [0.2126, 0.7152, 0.0722][i], 0);
         const fg = lum(rgb(getComputedStyle(document.querySelector(selector)).color));
-        const card = lum(rgb(getComputedStyle(document.querySelector('.card')).backgroundColor));
-        return (Math.max(fg, card) + 0.05) / (Math.min(fg, card) + 0.05);
-    }""", selector)
+        const bg = lum(rgb(getComputedStyle(document.querySelector(behind)).backgroundColor));
+        return (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+    }""", [selector, behind])
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
@@ -346,8 +346,11 @@ def test_the_page_fits_a_desktop_and_a_phone_and_reads_well_in_both_schemes(brow
                 expect(page.locator("#plan li").first).not_to_have_text("Asking the arbiter…")
                 overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
                 assert overflow <= 0, f"the page is {overflow}px wider than a {viewport['width']}px screen"
-                for selector in ("body", "#models tbody th button", ".muted", "#summary", "[role=tab]"):
+                for selector in ("body", "#models tbody th button", ".muted", "#summary", "[role=tab]",
+                                 "#events li[data-kind=swapped_in] span"):
                     assert contrast(page, selector) >= 4.5, (selector, scheme)
+                badge = "#models tr[data-model='demo-chat'] .badge"
+                assert contrast(page, badge, behind=badge) >= 4.5, scheme  # white on the state's colour
                 not_blank(page.screenshot(path=str(tmp_path / f"{viewport['width']}-{scheme}.png"), full_page=True))
 
 
