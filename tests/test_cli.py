@@ -190,6 +190,10 @@ def test_the_events_command_follows_loads_and_swaps(server_process):
             time.sleep(0.05)
         client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
         client.chat.completions.create(model="quick", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+        on_device = re.compile(r"device \d+/\d+ MiB: quick ready \d+")  # a snapshot: what is on the device
+        while not any(on_device.search(line) for line in lines):
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
         assert cli_main(["unload", "quick", "--port", str(port)]) == 0
         while not any("quick: unloaded (admin)" in line for line in lines):
             assert time.monotonic() < deadline, lines
@@ -199,4 +203,3 @@ def test_the_events_command_follows_loads_and_swaps(server_process):
         follower.wait(10)
     text = "".join(lines)
     assert "quick: loading at full" in text and "quick: ready, from disk in" in text
-    assert re.search(r"device \d+/\d+ MiB: quick (loading|ready) \d+", text)  # a snapshot: what is on the device

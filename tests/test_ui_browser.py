@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -66,8 +67,6 @@ def opened(browser: Browser, s, *, key: str | None = None, viewport=DESKTOP, sch
         page.add_init_script(f"sessionStorage.setItem('modelyard.apiKey', {json.dumps(key)})")
     page.goto(s.base_url + "/")  # the root redirects to the page
     try:
-        if not key or key == "skip-wait":
-            pass
         yield page
     finally:
         context.close()
@@ -148,8 +147,7 @@ def test_a_selected_models_plan_and_its_load_pin_and_unload_buttons(browser, ser
         expect(page.locator("#detail-title")).to_have_text("b")
 
         page.get_by_role("button", name="Unpin").click()
-        expect(page.locator("#models tr[data-model='b'] td.keep")).to_have_text(
-            __import__("re").compile(r"^(9|10):\d\d left$"))
+        expect(page.locator("#models tr[data-model='b'] td.keep")).to_have_text(re.compile(r"^(9|10):\d\d left$"))
         page.get_by_role("button", name="Unload").click()
         expect(page.locator("#device-bar .seg[data-model='b']")).to_have_count(0)
         expect(page.locator("#events")).to_contain_text("b: unloaded (admin)")
