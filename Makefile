@@ -1,11 +1,19 @@
 # The README's two commands: `make serve` and `make test`. Both set up .venv first (pip, not uv:
 # this machine's pip takes torch from local disk; llama-cpp-python compiles once, then pip caches it).
+# GPU=auto (default) builds llama-cpp-python with CUDA when nvidia-smi sees a GPU and nvcc is found
+# (scripts/accelerator.sh says which and why); GPU=cuda insists, GPU=cpu forces the CPU build.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+GPU    ?= auto
+ACCEL  := $(shell GPU=$(GPU) sh scripts/accelerator.sh 2>/dev/null || echo unusable)
+STAMP  := $(VENV)/.installed-$(ACCEL)
 EXTRAS ?= all,dev
 PYTEST_ARGS ?=
+LLAMA_VERSION = $$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')
+LLAMA_GPU = $(BIN)/python -c 'import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)'
+REBUILD_LLAMA = $(BIN)/python -m pip install --quiet --force-reinstall --no-deps --no-cache-dir \
+	--no-binary llama-cpp-python "llama-cpp-python==$(LLAMA_VERSION)"
 
 export GPTQMODEL_CPU_WORKERS ?= 2
 export HF_HUB_OFFLINE ?= 1
@@ -24,10 +32,22 @@ tools:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus && \
 	  { $(SUDO) invoke-rc.d prometheus stop >/dev/null 2>&1 || true; }; }
 
+# pip caches a built llama-cpp-python wheel whatever CMAKE_ARGS it was built with: after the install the
+# build is checked, and rebuilt without the cache when it is not the one asked for.
 $(STAMP): pyproject.toml
+	@GPU=$(GPU) sh scripts/accelerator.sh >/dev/null
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+ifeq ($(ACCEL),cuda)
+	CMAKE_ARGS="-DGGML_CUDA=on $(CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[$(EXTRAS),gpu]'
+	$(LLAMA_GPU) || CMAKE_ARGS="-DGGML_CUDA=on $(CMAKE_ARGS)" $(REBUILD_LLAMA)
+	$(LLAMA_GPU) && echo "modelyard: llama-cpp-python is built with CUDA" || \
+	  echo "modelyard: WARNING: llama-cpp-python still lacks CUDA after the rebuild (see pip's output above)"
+else
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	! $(LLAMA_GPU) || CMAKE_ARGS="-DGGML_CUDA=off" $(REBUILD_LLAMA)
+endif
+	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 
 serve: $(STAMP)
@@ -43,6 +63,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_spine.py
 	$(BIN)/python bench/bench_media.py
+	$(BIN)/python bench/bench_scheduler.py
+	$(BIN)/python bench/bench_hf.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -12,11 +12,13 @@ method: it yields chunks as they are produced and returns its result. Cancellati
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
 
@@ -34,6 +36,17 @@ class Cancel:
 
     def __bool__(self) -> bool:  # `if cancel:` reads naturally in engine loops
         return self._event.is_set()
+
+    @contextlib.contextmanager
+    def holding(self, lock: threading.Lock) -> Iterator[None]:
+        """Hold `lock` (a model one request uses at a time), giving up if cancelled while waiting."""
+        while not lock.acquire(timeout=0.05):
+            if self:
+                raise InvalidInput("request cancelled while waiting for the model", code=ErrorCode.CANCELLED)
+        try:
+            yield
+        finally:
+            lock.release()
 
 
 class ErrorCode(StrEnum):
@@ -76,7 +89,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] = field(default_factory=dict)  # token id (as str) -> bias
-    # Constrained output: None or a ResponseFormat. Tool calls reach engines as a json_schema.
+    # Constrained output: None or a ResponseFormat. Tool calls reach engines as a json_schema, or
+    # (ChatParams.tool_format) as tools held to their schemas in the model's own syntax.
     response_format: ResponseFormat | None = None
 
 
@@ -86,6 +100,11 @@ class ChatParams(SamplingParams):
     logprobs: bool = False
     top_logprobs: int = 0  # 0..20 alternatives per token when logprobs is on
     tools: list[dict[str, Any]] | None = None  # for chat templates that render tools
+    # With tool_format (a backends/tools.py ToolFormat other than json) the engine holds calls in the
+    # model's own syntax to the tools' schemas; tool_choice as OpenAI's (None means "auto").
+    tool_choice: Any = None
+    tool_format: str | None = None
+    parallel_tool_calls: bool = True  # False: the grammar ends the answer after one call
 
 
 @dataclass
@@ -346,8 +365,9 @@ Chunks = Generator[Any, None, Any]  # yields a Chunk, returns a Result
 
 
 # ---- the pipe's messages (one JSON object per line) ------------------------------------------
-# server -> worker: first a Handshake, then CallMessage | ControlMessage.
-# worker -> server: first ReadyMessage | LoadErrorMessage, then replies tagged with the call's id.
+# server -> worker: first a Handshake, then CallMessage | ControlMessage | FlowMessage.
+# worker -> server: first ReadyMessage | LoadErrorMessage, then replies tagged with the call's id,
+# and a HeartbeatMessage every HEARTBEAT_INTERVAL_S.
 
 
 class Handshake(TypedDict):
@@ -365,6 +385,36 @@ class CallMessage(TypedDict):
 class ControlMessage(TypedDict):
     op: Literal["cancel", "stats", "stop"]
     id: NotRequired[int]
+
+
+class ParkMessage(TypedDict):
+    """Write the model's warm copy into `dest` (an empty directory in RAM), then wait for stop."""
+
+    op: Literal["park"]
+    id: int
+    dest: str
+
+
+class ParkResult(TypedDict):
+    bytes: int  # what the warm copy takes in RAM
+
+
+class FlowMessage(TypedDict):
+    """Backpressure: the server holds more of this call's chunks than its client has read, so the
+    worker stops producing them (paused) until told to go on."""
+
+    op: Literal["flow"]
+    id: int
+    paused: bool
+
+
+class HeartbeatMessage(TypedDict):
+    """worker -> server every HEARTBEAT_INTERVAL_S: a stopped or wedged worker falls silent."""
+
+    op: Literal["heartbeat"]
+
+
+HEARTBEAT_INTERVAL_S = 0.5
 
 
 class ReadyMessage(TypedDict):
@@ -386,13 +436,14 @@ class ErrorReply(TypedDict):
 
 
 class Reply(TypedDict):
-    """Exactly one of c (a chunk), end (the result), err, stats."""
+    """Exactly one of c (a chunk), end (the result), err, stats, parked."""
 
     id: int
     c: NotRequired[dict[str, Any]]
     end: NotRequired[dict[str, Any]]
     err: NotRequired[ErrorReply]
     stats: NotRequired[dict[str, Any]]
+    parked: NotRequired[ParkResult]
 
 
 # ---- adapters ----------------------------------------------------------------------------------
@@ -410,3 +461,10 @@ class Adapter(Protocol):
         """Counters for observability and tests; text engines include tokens_generated."""
 
     def close(self) -> None: ...
+
+
+class Parkable(Protocol):
+    """An adapter whose plan parks as a "bundle" (backends/plan.py) also has park()."""
+
+    def park(self, dest: Path) -> int:
+        """Write what a fresh worker needs to load this model into `dest`; the bytes written."""

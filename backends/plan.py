@@ -38,15 +38,23 @@ class MemoryEstimate:
     activations_mb: float = 0.0
     buffers_mb: float = 0.0  # the engine's own compute/output buffers and allocator slack
     runtime_mb: float = 0.0  # the worker process: CUDA context, interpreter, libraries
+    # Parts of the model kept in system RAM outside the device (layers left on the CPU by a
+    # partial offload, a whole model on the CPU beside a GPU): shown, never counted on the budget.
+    host_mb: float = 0.0
 
     @property
     def model_mb(self) -> float:
-        """What the model itself takes, without its worker's runtime."""
+        """What the model itself takes on the device, without its worker's runtime."""
         return self.weights_mb + self.kv_cache_mb + self.activations_mb + self.buffers_mb
 
     @property
     def total_mb(self) -> float:
+        """The device footprint: what the budget is charged."""
         return self.model_mb + self.runtime_mb
+
+    def on_host(self) -> MemoryEstimate:
+        """The same footprint kept wholly in system RAM (a CPU plan on a machine with a GPU)."""
+        return MemoryEstimate(host_mb=self.total_mb + self.host_mb)
 
     def breakdown(self) -> dict[str, float]:
         parts = {**dataclasses.asdict(self), "total_mb": self.total_mb}
@@ -58,20 +66,52 @@ class MemoryEstimate:
         return f"{self.total_mb:.0f} MiB ({parts or 'nothing'})"
 
 
+ParkForm = Literal["none", "files", "bundle"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class LoadPlan:
     """Every decision a load makes, made before it; an engine's plan adds its own fields."""
 
     adapter: ClassVar[str]  # "package.module:Class" the worker imports to load this plan
+    # How a parked model of this engine waits in system RAM (the warm tier, server/warm.py):
+    #   files:  the server keeps warm_files() resident in the page cache (mmapped weights: GGUF);
+    #   bundle: the worker writes its loaded form into a RAM directory (adapter.park) and a new
+    #           worker loads from it (torch weights in safetensors on tmpfs, a CTranslate2 copy);
+    #   none:   the engine cannot park; an evicted model is dropped.
+    park_form: ClassVar[ParkForm] = "none"
 
     backend: str
     model_id: str
     device: Literal["cpu", "cuda"]
     runtime_mb: float = 0.0
     context_length: int | None = None  # the window clients may plan for (None: not a text model)
+    max_context_length: int | None = None  # the window the model was trained for (context_length <= it)
+    fim: bool = False  # completions take a suffix (the model has fill-in-the-middle tokens)
+    tool_format: str | None = None  # a chat model's tool-call syntax (backends/tools.py ToolFormat)
+    source: Literal["disk", "ram"] = "disk"  # ram: loads from the warm tier's copy of a parked model
 
     def estimate(self) -> MemoryEstimate:
         raise NotImplementedError
+
+    def parallel(self) -> int | None:
+        """Requests the engine serves at once (None: no limit). The arbiter leases no more than this,
+        so requests beyond it queue where admission sees them, and draining the model waits only
+        for what it is serving."""
+        return None
+
+    def warm_files(self) -> tuple[Path, ...]:
+        """The files a "files" park keeps resident."""
+        return ()
+
+    def warm_mb(self) -> float:
+        """System RAM a parked copy is expected to take (the warm tier's budget is charged this
+        until the park reports what it really wrote)."""
+        return self.estimate().weights_mb
+
+    def from_warm(self, location: Path) -> LoadPlan:
+        """This very plan, loading from the warm copy at `location` instead of the model's files."""
+        raise NotImplementedError(f"{self.backend} models do not park")
 
     def to_json(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))

@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from backends import schema_limits
 from backends.contract import ErrorCode, InvalidInput, ResponseFormat
 
 # Used when a model has no chat template and models.yaml gives none (base models).
@@ -154,6 +155,10 @@ def json_schema(response_format: ResponseFormat | None) -> dict[str, Any] | None
     schema = response_format.get("schema") or {"type": "object"}
     if not isinstance(schema, dict):
         raise InvalidInput("response_format.json_schema.schema must be an object", param="response_format")
+    try:
+        schema_limits.check(schema, "response_format.json_schema.schema")
+    except schema_limits.SchemaTooComplex as exc:
+        raise InvalidInput(str(exc), param=exc.path) from None
     return schema
 
 
@@ -172,6 +177,16 @@ def check_token_ids(ids: list[int], n_vocab: int, param: str, where: str | None 
             raise InvalidInput(f"{where or param}[{position}]: token id {token} is outside this model's "
                                f"vocabulary (0..{n_vocab - 1})", param=param)
     return ids
+
+
+def check_bytes(prompt: str, limit: int, longest_token_bytes: int, param: str, what: str = "the prompt") -> None:
+    """Refuse, before tokenizing it, text too long for `limit` tokens even if every token were the
+    vocabulary's longest: tokenizing 4 MB costs minutes on some vocabularies, refusing it nothing."""
+    cap = limit * longest_token_bytes
+    if len(prompt) > cap or len(prompt.encode("utf-8", "surrogatepass")) > cap:  # characters <= bytes
+        raise InvalidInput(f"This model's maximum context length is {limit} tokens; {what} is longer than "
+                           f"{limit} tokens can be ({cap} bytes at most).", param=param,
+                           code=ErrorCode.CONTEXT_LENGTH_EXCEEDED)
 
 
 def no_fill_in_the_middle(model_id: str) -> InvalidInput:

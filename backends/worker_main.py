@@ -8,9 +8,12 @@ adapter's own memory account) or `load_error`, then serves:
 
   in:  {"op": "call", "id": 7, "method": "chat", "params": {...}}
        {"op": "cancel", "id": 7}   {"op": "stats", "id": 8}   {"op": "stop"}
+       {"op": "park", "id": 9, "dest": "/dev/shm/..."}   write the warm copy (the server stops us after)
+       {"op": "flow", "id": 7, "paused": true}   (the client is not reading: stop producing for now)
   out: {"id": 7, "c": {...}}  one chunk      {"id": 7, "end": {...}}  the result
        {"id": 7, "err": {"kind": "invalid" | "backend" | "contract", "message": ..., "param": ..., "code": ...}}
-       {"id": 8, "stats": {...}}
+       {"id": 8, "stats": {...}}   {"id": 9, "parked": {"bytes": ...}}
+       {"op": "heartbeat"}  every HEARTBEAT_INTERVAL_S, from a thread of its own
 
 Each call runs in its own thread so cancels and stats are read while a model generates; an adapter
 that cannot serve two requests at once serialises them itself. When the server goes away the
@@ -29,18 +32,23 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from backends.contract import (
+    HEARTBEAT_INTERVAL_S,
     Adapter,
     CallMessage,
     Cancel,
     ContractError,
     ErrorCode,
     Handshake,
+    HeartbeatMessage,
     InvalidInput,
     LoadErrorMessage,
+    ParkMessage,
     ReadyMessage,
     Reply,
     decode_params,
@@ -58,7 +66,7 @@ class Connection:
         self._reader = self._sock.makefile("rb")
         self._lock = threading.Lock()
 
-    def send(self, message: Reply | ReadyMessage | LoadErrorMessage) -> None:
+    def send(self, message: Reply | ReadyMessage | LoadErrorMessage | HeartbeatMessage) -> None:
         data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
         with self._lock:
             self._sock.sendall(data)
@@ -71,6 +79,8 @@ class Connection:
 def load_adapter(handshake: Handshake) -> Adapter:
     """The plan's engine, loaded exactly as planned."""
     plan: LoadPlan = _named(handshake["plan_type"]).from_json(handshake["plan"])
+    if plan.device == "cpu":  # a CPU plan beside a GPU (the fit ladder's last rung) opens no CUDA context
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     return _named(plan.adapter)(plan)
 
 
@@ -85,28 +95,60 @@ class Worker:
         self.conn = conn
         self.adapter = adapter
         self.cancels: dict[int, Cancel] = {}
+        self.gates: dict[int, threading.Event] = {}  # set: the call may produce; clear: paused
 
     def serve(self) -> None:
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         while True:
             message = self.conn.receive()
             if message is None or message.get("op") == "stop":
                 return
             op = message.get("op")
             if op == "call":
-                cancel = Cancel()
+                cancel, gate = Cancel(), threading.Event()
+                gate.set()
                 self.cancels[message["id"]] = cancel
-                threading.Thread(target=self._run, args=(message, cancel), daemon=True).start()
+                self.gates[message["id"]] = gate
+                threading.Thread(target=self._run, args=(message, cancel, gate), daemon=True).start()
             elif op == "cancel":
                 cancel = self.cancels.get(message["id"])
                 if cancel is not None:
                     cancel.set()
             elif op == "stats":
                 self.conn.send({"id": message["id"], "stats": self._stats()})
+            elif op == "park":  # in a thread: writing gigabytes must not stall the control channel
+                threading.Thread(target=self._park, args=(message,), daemon=True).start()
+            elif op == "flow":
+                gate = self.gates.get(message["id"])
+                if gate is not None and message["paused"]:
+                    gate.clear()
+                elif gate is not None:
+                    gate.set()
+
+    def _park(self, message: ParkMessage) -> None:
+        try:
+            park = getattr(self.adapter, "park", None)
+            if park is None:
+                raise ContractError("this engine does not park")
+            written = park(Path(message["dest"]))
+            self.conn.send({"id": message["id"], "parked": {"bytes": int(written)}})
+        except Exception as exc:
+            log.error("parking failed: %s", traceback.format_exc())
+            self.conn.send({"id": message["id"], "err": {"kind": "backend", "message": f"{type(exc).__name__}: {exc}"}})
+
+    def _heartbeat(self) -> None:
+        """Runs beside the engine: silence means the process is stopped or wedged (GIL held)."""
+        try:
+            while True:
+                time.sleep(HEARTBEAT_INTERVAL_S)
+                self.conn.send({"op": "heartbeat"})
+        except OSError:
+            return  # the server went away; the main loop exits too
 
     def _stats(self) -> dict[str, Any]:
         return {"active": len(self.cancels), "memory_mb": self.adapter.memory_mb(), **self.adapter.stats()}
 
-    def _run(self, message: CallMessage, cancel: Cancel) -> None:
+    def _run(self, message: CallMessage, cancel: Cancel, gate: threading.Event) -> None:
         call_id, method = message["id"], message["method"]
         try:
             params = decode_params(method, message.get("params", {}))
@@ -116,6 +158,8 @@ class Worker:
                                    code=ErrorCode.UNSUPPORTED_CAPABILITY)
             chunks = handler(params, cancel)
             while True:
+                while not gate.wait(0.1) and not cancel:
+                    pass  # paused: the generator is not advanced, so the engine produces nothing more
                 try:
                     chunk = next(chunks)
                 except StopIteration as done:
@@ -135,6 +179,7 @@ class Worker:
             self.conn.send({"id": call_id, "err": {"kind": "backend", "message": f"{type(exc).__name__}: {exc}"}})
         finally:
             self.cancels.pop(call_id, None)
+            self.gates.pop(call_id, None)
 
 
 def _die_with_parent() -> None:

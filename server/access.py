@@ -11,9 +11,11 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import BackendError, error_response
+from server.logtext import printable
 
 log = logging.getLogger("modelyard.access")
-_MODEL = "modelyard.model"  # the one per-request value a route hands back to this middleware
+_MODEL = "modelyard.model"  # the per-request values a route hands back to this middleware
+_PLACEMENT = "modelyard.placement"
 
 
 def note_model(request: Request, model_id: str) -> None:
@@ -23,6 +25,11 @@ def note_model(request: Request, model_id: str) -> None:
     returns; the request's state (shared by every copy of its scope) is where they meet.
     """
     request.scope["state"][_MODEL] = model_id
+
+
+def note_placement(request: Request, placement: str) -> None:
+    """The fit-ladder rung the request's model serves at, sent as `x-modelyard-placement`."""
+    request.scope["state"][_PLACEMENT] = placement
 
 
 class AccessMiddleware:
@@ -47,14 +54,18 @@ class AccessMiddleware:
             nonlocal started_response
             if message["type"] == "http.response.start":
                 status, started_response = message["status"], True
-                MutableHeaders(scope=message)["x-request-id"] = request_id
+                headers = MutableHeaders(scope=message)
+                headers["x-request-id"] = request_id
+                if _PLACEMENT in state:
+                    headers["x-modelyard-placement"] = state[_PLACEMENT]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
             # Answer here, not in Starlette's outer error middleware, so the reply keeps its request id.
-            log.exception("%s unhandled error on %s %s", request_id, scope["method"], scope["path"])
+            log.exception("%s unhandled error on %s %s", request_id, printable(scope["method"]),
+                          printable(scope["path"]))
             if not started_response:
                 await error_response(BackendError("internal server error"), scope["path"])(scope, receive, send_with_id)
         finally:
@@ -65,5 +76,5 @@ class AccessMiddleware:
             endpoint = getattr(route, "path", "other")
             model = state.get(_MODEL)
             self.metrics.observe_request(endpoint, model, status, elapsed)
-            log.info("%s %s %s %d %.3fs %s", request_id, scope["method"], scope["path"], status, elapsed,
-                     model or "-")
+            log.info("%s %s %s %d %.3fs %s", request_id, printable(scope["method"]), printable(scope["path"]),
+                     status, elapsed, model or "-")

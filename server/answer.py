@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from backends.contract import TextChunk, TextResult, TokenLogprob
+from backends.tools import ToolFormat
 from server.generation import Generation
-from server.tool_syntax import Parser, Text, ToolCall, ToolFormat, parser_for
+from server.tool_syntax import Parser, Text, ToolCall, parser_for
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Answer:
     generation: Generation
     tool_format: ToolFormat | None  # None: no tools in play, the text is the answer
     with_logprobs: bool = False
+    forced: bool = False  # tool_choice required or named: the answer is calls only, never text
     usage: tuple[int, int] = (0, 0)  # prompt, completion tokens
     _parsers: dict[int, Parser] = field(default_factory=dict)
     _pending: dict[int, list[TokenLogprob]] = field(default_factory=dict)
@@ -78,6 +80,8 @@ class Answer:
     def _finish(self, index: int, reason: str) -> list[Event]:
         parser = self._parsers.get(index)
         events = self._translate(index, parser.finish()) if parser is not None else []
+        if self.forced:  # all a forced answer can leave held back is a call's opener, cut half-written
+            events = [e for e in events if not isinstance(e, Delta) or not e.text]
         if self._pending.get(index):
             events.append(self._delta(index, ""))
         if parser is not None and parser.calls and reason == "stop":

@@ -12,12 +12,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import errors
+from server import discovery, errors, gateway
 from server.access import AccessMiddleware
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
 from server.imagestore import ImageStore
-from server.memory import MemoryProbe, default_budget_mb, detect_device
+from server.memory import MemoryProbe, default_budget_mb, default_ram_budget_mb, detect_device
 from server.metrics import Metrics
 from server.registry import Registry, load_registry
 from server.response_store import ResponseStore
@@ -38,6 +38,8 @@ from server.routes import (
 from server.security import SecurityMiddleware
 from server.services import Services
 from server.settings import Settings
+from server.warm import WarmStore
+from server.watchdog import Timeouts
 from server.worker_client import WorkerFactory
 
 log = logging.getLogger("modelyard")
@@ -53,9 +55,11 @@ class ConfigError(Exception):
 
 
 def allowed_model_dirs(settings: Settings) -> list[Path]:
+    """MODELYARD_MODEL_DIRS, or by default: the registry's directory, the demo cache and the stores
+    `pull` downloads into and `models --discover` reads (Hugging Face cache, Ollama, LM Studio)."""
     if settings.model_dirs:
         return [Path(d).expanduser() for d in settings.model_dirs]
-    return [settings.models.resolve().parent, settings.cache_dir.expanduser()]
+    return [settings.models.resolve().parent, settings.cache_dir.expanduser(), *discovery.store_roots()]
 
 
 def check_exposure(settings: Settings) -> None:
@@ -75,6 +79,7 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
     metrics.known_models([spec.id for spec in registry])
     metrics.queue_capacity.set(settings.max_queue)
     budget = settings.budget_mb or default_budget_mb(probe)
+    ram_budget = default_ram_budget_mb(probe) if settings.ram_budget_mb is None else settings.ram_budget_mb
     device = detect_device(probe, settings.worker_overhead_mb)
     arbiter_kwargs = dict(
         device=device,
@@ -82,22 +87,31 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
         queue_timeout_s=settings.queue_timeout_s,
         load_timeout_s=settings.load_timeout_s,
         unload_timeout_s=settings.unload_timeout_s,
+        max_wait_s=settings.max_wait_s,
+        ram_budget_mb=ram_budget,
         events=metrics,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        arbiter = Arbiter(budget, factory or WorkerFactory(), probe, **arbiter_kwargs)
+        warm = WarmStore(settings.park_dir) if ram_budget else None
+        timeouts = Timeouts(heartbeat_s=settings.worker_heartbeat_timeout_s,
+                            first_token_s=settings.first_token_timeout_s, inter_token_s=settings.inter_token_timeout_s)
+        arbiter = Arbiter(budget, factory or WorkerFactory(timeouts=timeouts), probe, warm=warm, **arbiter_kwargs)
         images = ImageStore(ttl_s=settings.image_ttl_s, max_bytes=settings.image_store_mb * 1024 * 1024)
         responses = ResponseStore(settings.response_ttl_s, settings.response_store_max)
         app.state.services = services = Services(settings, registry, arbiter, metrics, probe, device, images,
                                                  ScratchDir(), responses, int(time.time()))
+        specs = {spec.id: spec for spec in registry}
+        metrics.watch_gateway(gateway.GatewayCollector(
+            lambda: gateway.occupancy(arbiter.snapshot(), specs, lambda spec: arbiter.plan(spec)[0])))
         metrics.memory(0.0, budget, {})
+        metrics.ram_budget.set(ram_budget * 1024 * 1024)
         for spec in registry:
             if spec.pinned:  # a pinned model is meant to be ready before the first request
                 arbiter.preload(spec)
-        log.info("modelyard %s: %d models, budget %d MiB (%s), workers on %s", VERSION, len(registry), budget,
-                 "GPU" if probe.gpu else "RAM", device.kind)
+        log.info("modelyard %s: %d models, budget %d MiB (%s), workers on %s, warm tier %d MiB", VERSION,
+                 len(registry), budget, "GPU" if probe.gpu else "RAM", device.kind, ram_budget)
         try:
             yield
         finally:
@@ -118,7 +132,7 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
     app.add_middleware(SecurityMiddleware, settings=settings)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["x-request-id"])
+                           allow_headers=["*"], expose_headers=["x-request-id", "x-modelyard-placement"])
     app.add_middleware(AccessMiddleware, metrics=metrics)
     app.add_middleware(V1Aliases)
     return app

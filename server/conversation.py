@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backends.contract import ChatParams
+from backends.tools import ToolFormat
 from server.protocol import tools
 
 
@@ -25,6 +26,7 @@ class Conversation:
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool = True  # False: at most one call
     response_format: dict[str, Any] | None = None
     max_tokens: int | None = None
     sampling: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, stop, seed, penalties, bias
@@ -37,13 +39,17 @@ class Conversation:
         function that is not among the tools)."""
         return tools.plan(self.tools, self.tool_choice)
 
-    def params(self, plan: tools.ToolPlan) -> list[ChatParams]:
+    def params(self, plan: tools.ToolPlan, tool_format: ToolFormat) -> list[ChatParams]:
         """One engine call per choice; with a seed, each choice gets its own so they differ yet
-        stay reproducible."""
+        stay reproducible. Tools go to the engine in the model's own syntax (rendered by its
+        template, calls held to their schemas), or for a template with none as our JSON wrapper."""
         base = ChatParams(messages=self.messages, max_tokens=self.max_tokens, logprobs=self.logprobs,
                           top_logprobs=self.top_logprobs if self.logprobs else 0, response_format=self.response_format,
                           **self.sampling)
-        if plan.schema is not None:
+        if plan.schema is not None and tool_format is not ToolFormat.JSON:
+            base.tools, base.tool_choice, base.tool_format = self.tools, self.tool_choice, tool_format.value
+            base.parallel_tool_calls = self.parallel_tool_calls
+        elif plan.schema is not None:
             base.response_format = {"type": "json_schema", "schema": plan.schema}
             base.tools = self.tools
         if self.n == 1 or base.seed is None:

@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.logtext import printable
+
 log = logging.getLogger("modelyard.errors")
 
 
@@ -82,6 +84,21 @@ class PayloadTooLarge(ModelyardError):
     retryable = False
 
 
+class RequestTimeout(ModelyardError):
+    """Headers or body did not arrive in time (server/connections.py)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class HeadersTooLarge(ModelyardError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
+    retryable = False
+
+
 class Unavailable(ModelyardError):
     """Transient capacity trouble: retrying later can help."""
 
@@ -110,6 +127,10 @@ class ShuttingDown(Unavailable):
     code = "shutting_down"
 
 
+class TooManyConnections(Unavailable):
+    code = "too_many_connections"
+
+
 class ClientDisconnected(ModelyardError):
     """The client left before the answer; nobody reads this (nginx's 499, for the logs and metrics)."""
 
@@ -134,6 +155,13 @@ class WorkerCrashed(ModelyardError):
 
     status = 502
     code = "worker_crashed"
+
+
+class EngineTimeout(ModelyardError):
+    """The engine stopped producing (server/watchdog.py); its worker is killed and restarted."""
+
+    status = 504
+    code = "engine_timeout"
 
 
 class BackendError(ModelyardError):
@@ -203,5 +231,5 @@ def install(app) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %s", printable(request.method), printable(request.url.path))
         return error_response(BackendError("internal server error"), request.url.path)

@@ -10,18 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
 from starlette.responses import StreamingResponse
 
 from backends.capability import Capability
-from backends.contract import Params
+from backends.contract import Params, SamplingParams
 from backends.spec import BaseSpec
-from server.access import note_model
+from server.access import note_model, note_placement
 from server.arbiter import Lease
-from server.errors import ClientDisconnected, ModelyardError, error_body
+from server.errors import ClientDisconnected, InvalidRequest, ModelyardError, error_body
+from server.inflight import InFlight
 from server.services import services_of
 from server.worker_client import Call
 
@@ -33,6 +34,21 @@ def model_for(request: Request, name: str, capability: Capability | frozenset[Ca
     spec = services_of(request).registry.resolve(name)
     note_model(request, spec.id if spec is not None else "unknown")
     return services_of(request).registry.require(name, capability)
+
+
+def check_fan_out(params: list[Params], limit: int, context_length: Callable[[], int | None]) -> None:
+    """Refuse a request asking for more than `limit` tokens: prompts x n x max_tokens, each call's
+    max_tokens counted up to the model's context (no call generates more than that)."""
+    text = [p for p in params if isinstance(p, SamplingParams)]
+    if not text or (all(p.max_tokens is not None for p in text) and sum(p.max_tokens for p in text) <= limit):
+        return  # the common case decides without planning the model
+    ceiling = context_length() or limit
+    each = [min(p.max_tokens or ceiling, ceiling) for p in text]
+    if sum(each) > limit:
+        raise InvalidRequest(
+            f"this request asks for up to {sum(each)} tokens ({len(each)} completions of up to {max(each)}); "
+            f"the server allows {limit} per request: lower n, max_tokens or the number of prompts",
+            param="max_tokens", code="request_too_large")
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
@@ -67,7 +83,7 @@ class Generation:
     """
 
     def __init__(self, spec: BaseSpec, lease: Lease, calls: list[Call], firsts: list[dict[str, Any] | None],
-                 started: float):
+                 started: float, in_flight: InFlight):
         self.spec = spec
         self.lease = lease
         self.calls = calls
@@ -75,13 +91,20 @@ class Generation:
         self.started = started
         self.first_token_at: float | None = None
         self.usage = (0, 0)  # prompt, completion tokens; set by the route once known
+        self._in_flight = in_flight
+        in_flight.add(self)
 
     @classmethod
     async def open(cls, request: Request, spec: BaseSpec, keep_alive: float | None,
                    params: list[Params]) -> Generation:
+        services = services_of(request)
+        check_fan_out(params, services.settings.max_request_tokens,
+                      lambda: services.arbiter.plan(spec)[0].context_length)
+
         async def start() -> Generation:
             started = time.perf_counter()
-            lease = await services_of(request).arbiter.acquire(spec, keep_alive)
+            lease = await services.arbiter.acquire(spec, keep_alive)
+            note_placement(request, lease.placement)
             calls: list[Call] = []
             try:
                 calls = [await lease.worker.call(p) for p in params]
@@ -91,7 +114,7 @@ class Generation:
                     call.cancel()
                 lease.release()
                 raise
-            return cls(spec, lease, calls, firsts, started)
+            return cls(spec, lease, calls, firsts, started, services.in_flight)
 
         return await until_disconnected(request, start())
 
@@ -99,6 +122,12 @@ class Generation:
         for call in self.calls:
             call.cancel()
         self.lease.release()
+        self._in_flight.discard(self)
+
+    def fail(self, error: ModelyardError) -> None:
+        """End every call with `error` (the shutdown grace ran out); the route's reader raises it."""
+        for call in self.calls:
+            call.fail(error)
 
     @property
     def abandoned(self) -> bool:
@@ -115,7 +144,8 @@ class Generation:
             async for item in self._one(0):
                 yield item
             return
-        queue: asyncio.Queue = asyncio.Queue()
+        # Bounded, so a reader that falls behind stops the pumps and backpressure reaches the worker.
+        queue: asyncio.Queue = asyncio.Queue(maxsize=len(self.calls))
 
         async def pump(index: int) -> None:
             try:

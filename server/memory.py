@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import time
+from pathlib import Path
 
 import psutil
 
@@ -45,6 +46,18 @@ class MemoryProbe:
             return None
         return self._nvml.nvmlDeviceGetMemoryInfo(self._handle).total / MIB
 
+    def device_used_mb(self) -> float | None:
+        """Memory in use on the whole device (every process, and what the driver holds); None on a CPU."""
+        if not self.gpu:
+            return None
+        return self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / MIB
+
+    def device_name(self) -> str | None:
+        if not self.gpu:
+            return None
+        name = self._nvml.nvmlDeviceGetName(self._handle)
+        return name.decode() if isinstance(name, bytes) else str(name)
+
     def process_mb(self, pid: int) -> float | None:
         """Memory the process holds on the device (GPU) or in RAM (CPU); None if unknown."""
         if self.gpu:
@@ -80,7 +93,26 @@ def default_budget_mb(probe: MemoryProbe) -> int:
     if probe.gpu:
         total = probe.device_total_mb() or DEFAULT_GPU_BUDGET_MB
         return int(min(DEFAULT_GPU_BUDGET_MB, total - 512))
-    return int(psutil.virtual_memory().total / MIB * 0.5)
+    return int(ram_total_mb() * 0.5)
+
+
+def default_ram_budget_mb(probe: MemoryProbe) -> int:
+    """The warm tier's share of system RAM: half beside a GPU (models run in device memory), a
+    quarter without one (the model budget already takes half)."""
+    return int(ram_total_mb() * (0.5 if probe.gpu else 0.25))
+
+
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def ram_total_mb() -> float:
+    """The RAM this process may use: the machine's, or its container's memory limit when lower
+    (psutil reports the host's inside a container)."""
+    total = psutil.virtual_memory().total
+    for limit in _CGROUP_LIMITS:
+        with contextlib.suppress(OSError, ValueError):
+            total = min(total, int(Path(limit).read_text().strip()))  # "max" (no limit) raises ValueError
+    return total / MIB
 
 
 def cuda_visible() -> bool:

@@ -14,10 +14,16 @@ from prometheus_client.metrics_core import Metric
 
 MIB = 1024 * 1024
 LOAD_RESULTS = ("success", "failure", "timeout")
-EVICTION_REASONS = ("capacity", "drained", "over_budget", "keep_alive", "admin", "crashed", "shutdown")
+EVICTION_REASONS = ("capacity", "drained", "over_budget", "keep_alive", "admin", "crashed", "hung", "shutdown")
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _LOAD = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)  # up to the default load timeout
 _TOKEN_GAP = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+# The scheduler's fixed label values.
+SWAP_SOURCES = ("disk", "ram")
+WAIT_REASONS = ("load", "queue", "drain", "busy")
+SWITCH_REASONS = ("idle", "aging")
+FIT_RUNGS = ("full", "context", "offload", "compute", "cpu")
+_RATIO = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 3, 4)  # measured / estimated
 
 
 class Metrics:
@@ -51,6 +57,26 @@ class Metrics:
                               ["model"], registry=r)
         self.budget = Gauge("modelyard_memory_budget_bytes", "The arbiter's memory budget.", registry=r)
         self.used = Gauge("modelyard_memory_used_bytes", "Memory the arbiter has accounted.", registry=r)
+        # The scheduler: swaps, waits by cause, estimates against measurements, the warm tier, the fit ladder.
+        self.swap_in = Histogram("modelyard_model_swap_in_seconds", "Time to bring a model onto the device.",
+                                 ["model", "source"], buckets=_LOAD, registry=r)
+        self.wait_reason = Histogram("modelyard_wait_seconds", "Time a request waited for its lease, by cause: "
+                                     "load (its model's load), queue (deferred to another model's work), drain "
+                                     "(busy models making room), busy (behind its own model's requests).",
+                                     ["model", "reason"], buckets=_LATENCY, registry=r)
+        self.estimate_ratio = Histogram("modelyard_memory_estimate_ratio", "Measured / estimated footprint per load.",
+                                        ["backend"], buckets=_RATIO, registry=r)
+        self.parked_models = Gauge("modelyard_parked_models", "Models parked in the warm tier (off the device).",
+                                   registry=r)
+        self.parked_bytes = Gauge("modelyard_parked_bytes", "System RAM the warm tier holds.", registry=r)
+        self.ram_budget = Gauge("modelyard_ram_budget_bytes", "The warm tier's RAM budget.", registry=r)
+        self.fit_rung = Gauge("modelyard_model_fit_rung", "1 for the fit-ladder rung a model loads at.",
+                              ["model", "rung"], registry=r)
+        self.switches = Counter("modelyard_admission_switches_total", "Loads that took another model's place, "
+                                "by why: idle (its work was done) or aging (a waiter reached the bound).",
+                                ["reason"], registry=r)
+        for reason in SWITCH_REASONS:
+            self.switches.labels(reason)
         self.images = Counter("modelyard_images_generated_total", "Images generated.", ["model"], registry=r)
         self.image_duration = Histogram("modelyard_image_generation_duration_seconds", "Image request time.",
                                         ["model"], buckets=_LATENCY, registry=r)
@@ -81,6 +107,10 @@ class Metrics:
             for reason in EVICTION_REASONS:
                 self.evictions.labels(model, reason)
 
+    def watch_gateway(self, collector) -> None:
+        """Export the inference gateway's view (server/gateway.py), read from the arbiter at scrape time."""
+        self.registry.register(collector)
+
     def model(self, name: str | None) -> str:
         return name if name in self._models else "unknown"
 
@@ -108,6 +138,26 @@ class Metrics:
 
     def queue(self, waiting: int) -> None:
         self.waiting.set(waiting)
+
+    def swapped_in(self, model: str, source: str, seconds: float) -> None:
+        self.swap_in.labels(self.model(model), source).observe(seconds)
+
+    def waited_for(self, model: str, reason: str, seconds: float, swap_s: float = 0.0) -> None:
+        self.wait_reason.labels(self.model(model), reason).observe(seconds)
+
+    def estimated(self, backend: str, ratio: float) -> None:
+        self.estimate_ratio.labels(backend).observe(ratio)
+
+    def warm(self, parked: int, parked_mb: float) -> None:
+        self.parked_models.set(parked)
+        self.parked_bytes.set(parked_mb * MIB)
+
+    def placed(self, model: str, rung: str) -> None:
+        for name in FIT_RUNGS:
+            self.fit_rung.labels(self.model(model), name).set(1 if name == rung else 0)
+
+    def switched(self, reason: str) -> None:
+        self.switches.labels(reason).inc()
 
     # ---- requests ------------------------------------------------------------------------------
 

@@ -1,6 +1,9 @@
-"""Pure placement policy: does a model fit, which residents make room, what a release leads to.
+"""Pure placement policy: does a model fit, which residents make room, what a release leads to,
+and what an evicted model's warm copy displaces in RAM.
 
-No I/O, no clock: the arbiter (arbiter.py) asks, and carries out the answer.
+No I/O, no clock: the arbiter (arbiter.py) asks, and carries out the answer; the dry-run plan
+(/admin/plan) asks the very same functions. Which waiting model is admitted next is admission.py;
+which rung of the fit ladder a model takes is ladder.py.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class ResidentView:
     keep_alive_s: float = 300.0  # configured idle time; FOREVER never expires
     last_used: float = 0.0
     draining: bool = False
+    drain_s: float = 0.0  # expected time until its leases end (admission's aging deadline allows for it)
 
 
 class Verdict(Enum):
@@ -46,6 +50,12 @@ def expected_mb(estimate: MemoryEstimate, hint_mb: float | None, measured_mb: fl
     for the model itself), never below what a load of it measured."""
     static = max(estimate.model_mb, hint_mb or 0.0) + estimate.runtime_mb
     return max(static, measured_mb)
+
+
+def device_mb(estimate: MemoryEstimate, plan_device: str, machine_device: str) -> MemoryEstimate:
+    """The estimate as the device budget sees it: a CPU plan on a machine with a GPU takes no device
+    memory (its footprint is all host RAM)."""
+    return estimate.on_host() if plan_device == "cpu" and machine_device != "cpu" else estimate
 
 
 def eviction_order(residents: list[ResidentView]) -> list[ResidentView]:
@@ -131,6 +141,58 @@ def after_release(*, draining: bool, unload_requested: bool, others_waiting: boo
     if keep_alive_s <= 0:
         return Release(resume=resume, unload="keep_alive")
     return Release(resume=resume, expire_in_s=keep_alive_s)
+
+
+# ---- the warm tier: parked copies in system RAM ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WarmView:
+    """A parked copy, as the policy sees it."""
+
+    id: str
+    mb: float
+    last_used: float = 0.0
+    in_use: bool = False  # a load is reading it right now
+
+
+@dataclass(frozen=True)
+class RamRoom:
+    park: bool  # park the evicted model (else drop it)
+    drop: tuple[str, ...] = ()  # parked copies to drop first, least recently used first
+    reason: str = ""
+
+
+def ram_room(need_mb: float, warm: list[WarmView], ram_budget_mb: float) -> RamRoom:
+    """Whether an evicted model needing `need_mb` of RAM parks, and which parked copies make room
+    for it (least recently used first); a copy a load is reading is never dropped."""
+    if ram_budget_mb <= 0:
+        return RamRoom(False, reason="the warm tier is off (ram budget 0)")
+    if need_mb > ram_budget_mb:
+        return RamRoom(False, reason=f"needs {need_mb:.0f} MiB of RAM; the warm tier's budget is {ram_budget_mb:.0f} MiB")
+    free = ram_budget_mb - sum(w.mb for w in warm)
+    drop: list[str] = []
+    for copy in sorted((w for w in warm if not w.in_use), key=lambda w: w.last_used):
+        if need_mb <= free:
+            break
+        drop.append(copy.id)
+        free += copy.mb
+    if need_mb > free:
+        return RamRoom(False, reason="parked copies being loaded hold the rest of the warm tier")
+    return RamRoom(True, tuple(drop))
+
+
+def ram_over_budget(keep: str, warm: list[WarmView], ram_budget_mb: float) -> tuple[str, ...]:
+    """A park wrote more than estimated: the least recently used copies (never `keep`, never one in
+    use) to drop to get back under the RAM budget."""
+    over = sum(w.mb for w in warm) - ram_budget_mb
+    drop: list[str] = []
+    for copy in sorted((w for w in warm if w.id != keep and not w.in_use), key=lambda w: w.last_used):
+        if over <= 0:
+            break
+        drop.append(copy.id)
+        over -= copy.mb
+    return tuple(drop)
 
 
 @dataclass

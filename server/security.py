@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 from fastapi import HTTPException
 from starlette.datastructures import Headers
@@ -36,13 +37,20 @@ class KeyRing:
         return matched
 
 
-def host_allowed(host_header: str) -> bool:
-    host = host_header.strip()
-    if host.startswith("["):  # [::1]:8000
-        host = host[1 : host.find("]")] if "]" in host else host
-    else:
-        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return host.lower() == "localhost" or is_loopback(host)
+# host [":" port], the host a name or a bracketed IPv6 address: nothing else (no userinfo, no path)
+_AUTHORITY = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::[0-9]{1,5})?")
+
+
+def host_allowed(host_header: str, extra: frozenset[str] = frozenset()) -> bool:
+    """A Host header naming this machine's loopback, or one of the `extra` names the user allowed
+    (DNS rebinding: an attacker's name resolving to 127.0.0.1 still says its own name here).
+    `localhost:1@evil.example` or `localhost:80.evil.example` are not an authority with host
+    localhost, so they are refused."""
+    match = _AUTHORITY.fullmatch(host_header.strip())
+    if match is None:
+        return False
+    host = (match["ipv6"] or match["name"]).lower()
+    return host == "localhost" or host in extra or is_loopback(host)
 
 
 class SecurityMiddleware:
@@ -50,6 +58,7 @@ class SecurityMiddleware:
         self.app = app
         self.keys = KeyRing(settings.api_keys)
         self.check_host = settings.binds_loopback
+        self.extra_hosts = frozenset(name.strip().lower() for name in settings.allowed_hosts if name.strip())
         self.max_body = settings.max_body_bytes
         self.max_upload = settings.max_upload_bytes
 
@@ -68,8 +77,10 @@ class SecurityMiddleware:
         await self.app(scope, _capped(receive, limit), send)
 
     def _admit(self, scope: Scope, headers: Headers) -> None:
-        if self.check_host and not host_allowed(headers.get("host", "")):
-            raise HostNotAllowed("this server only answers requests addressed to localhost")
+        if self.check_host and not host_allowed(headers.get("host", ""), self.extra_hosts):
+            raise HostNotAllowed("this server only answers requests addressed to localhost"
+                                 + (" or " + ", ".join(sorted(self.extra_hosts)) if self.extra_hosts else "")
+                                 + " (MODELYARD_ALLOWED_HOSTS names more)")
         path = scope["path"]
         if (not self.keys.enabled or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
                 or scope["method"] == "OPTIONS"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
@@ -10,6 +10,7 @@ from backends.plan import Device
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
 from server.imagestore import ImageStore
+from server.inflight import InFlight
 from server.memory import MemoryProbe
 from server.metrics import Metrics
 from server.registry import Registry
@@ -29,6 +30,7 @@ class Services:
     audio_scratch: ScratchDir  # decoded uploads on their way to a worker
     responses: ResponseStore  # /v1/responses kept with store: true
     started_at: int
+    in_flight: InFlight = field(default_factory=InFlight)  # generations a shutdown must end
 
 
 def services_of(request: Request) -> Services:

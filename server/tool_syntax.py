@@ -5,7 +5,7 @@ written, and tool calls, each sent once it is complete. Text that could be the s
 opener is held back until it is ruled out, so no wrapper character ever reaches a client; a call cut
 short (max_tokens) is dropped, never sent as text.
 
-Formats:
+Formats (backends/tools.py holds them to the tools' schemas while they are written):
   hermes   <tool_call>{"name": ..., "arguments": {...}}</tool_call>       Hermes, Qwen 2.5/3, many others
   mistral  [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]          Mistral v3
            [TOOL_CALLS]name[ARGS]{...}                                  Mistral v11+ (Magistral, Devstral)
@@ -19,27 +19,9 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
-
-class ToolFormat(StrEnum):
-    HERMES = "hermes"
-    MISTRAL = "mistral"
-    LLAMA3 = "llama3"
-    JSON = "json"
-
-
-def detect(template: str | None) -> ToolFormat:
-    """The syntax a chat template teaches its model to call tools in (json: none we know)."""
-    source = template or ""
-    if "<tool_call>" in source:
-        return ToolFormat.HERMES
-    if "[TOOL_CALLS]" in source:
-        return ToolFormat.MISTRAL
-    if "<|python_tag|>" in source or ("ipython" in source and "parameters" in source):
-        return ToolFormat.LLAMA3
-    return ToolFormat.JSON
+from backends.tools import ToolFormat
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from backends.contract import (
     ErrorCode,
     ErrorReply,
     Handshake,
+    Method,
     Params,
     Reply,
     Result,
@@ -34,18 +36,25 @@ from backends.plan import LoadPlan, type_name
 from server.errors import (
     BackendError,
     ContextLengthExceeded,
+    EngineTimeout,
     InvalidRequest,
     ModelLoadFailed,
     ModelyardError,
     UnsupportedCapability,
     WorkerCrashed,
 )
+from server.watchdog import CallState, Timeouts, watch
 
 log = logging.getLogger("modelyard.workers")
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _STREAM_LIMIT = 512 * 1024 * 1024  # one line may carry a base64 image
 _CANCELLED = object()
+# Backpressure: past this many unread chunks of one call the worker is asked to pause it, and to go
+# on once its reader is back down to _RESUME_AT (a client that does not read holds ~64 chunks here).
+_PAUSE_AT = 64
+_RESUME_AT = 16
+_TEXT_METHODS = frozenset({Method.CHAT, Method.COMPLETE})
 
 
 class WorkerGone(Exception):
@@ -55,16 +64,28 @@ class WorkerGone(Exception):
 class Call:
     """One request in flight on a worker: iterate for chunks; `final` holds the closing result."""
 
-    def __init__(self, worker: WorkerProcess, call_id: int):
+    def __init__(self, worker: WorkerProcess, call_id: int, method: Method):
         self._worker = worker
         self.id = call_id
+        self.method = method
         self._queue: asyncio.Queue = asyncio.Queue()
         self.final: Result | None = None
         self.done = False
         self.cancelled = False  # stopped before its end: `final` stays None
+        self.started = time.monotonic()
+        self.produced = False  # a chunk has come (the watchdog's first token)
+        self.paused = False  # the worker was asked to stop producing until the reader catches up
 
     def _deliver(self, message: Any) -> None:
         self._queue.put_nowait(message)
+        if isinstance(message, dict) and "c" in message:
+            self.produced = True
+            if not self.paused and self._queue.qsize() >= _PAUSE_AT:
+                self._flow(paused=True)
+
+    def _flow(self, paused: bool) -> None:
+        self.paused = paused
+        self._worker._send_nowait({"op": "flow", "id": self.id, "paused": paused})
 
     def __aiter__(self):
         return self
@@ -73,6 +94,8 @@ class Call:
         if self.done and self._queue.empty():
             raise StopAsyncIteration
         message = await self._queue.get()
+        if self.paused and self._queue.qsize() <= _RESUME_AT:
+            self._flow(paused=False)
         if message is _CANCELLED:
             raise StopAsyncIteration
         if isinstance(message, ModelyardError):
@@ -103,6 +126,13 @@ class Call:
         self._queue.put_nowait(_CANCELLED)
         self._worker._send_nowait({"op": "cancel", "id": self.id})
 
+    def fail(self, error: ModelyardError) -> None:
+        """End the call with `error` for its reader (after the chunks already here); stop the engine."""
+        if self.done or self._worker._calls.pop(self.id, None) is None:
+            return
+        self._queue.put_nowait(error)
+        self._worker._send_nowait({"op": "cancel", "id": self.id})
+
 
 _INVALID = {ErrorCode.UNSUPPORTED_CAPABILITY: UnsupportedCapability,
             ErrorCode.CONTEXT_LENGTH_EXCEEDED: ContextLengthExceeded}
@@ -131,11 +161,15 @@ class WorkerProcess:
         self._calls: dict[int, Call] = {}
         self._ids = itertools.count(1)
         self._stats: dict[int, asyncio.Future] = {}
+        self._parks: dict[int, asyncio.Future] = {}  # park requests awaiting their "parked" or "err"
         self.reported_mb = 0.0
         self.exited = asyncio.Event()
         self.stopping = False
         self._on_exit: list[Callable[[WorkerProcess], None]] = []
         self._pump: asyncio.Task | None = None  # the reader; held so the loop does not drop it
+        self._watchdog: asyncio.Task | None = None
+        self.last_heard = self.last_output = time.monotonic()
+        self.unhealthy: str | None = None  # why the watchdog killed it
 
     @property
     def label(self) -> str:
@@ -163,12 +197,18 @@ class WorkerProcess:
         try:
             while line := await self._reader.readline():
                 message: Reply = json.loads(line)
+                self.last_heard = time.monotonic()
+                if "op" in message:
+                    continue  # a heartbeat
                 call_id = message["id"]
                 if "stats" in message:
                     future = self._stats.pop(call_id, None)
                     if future and not future.done():
                         future.set_result(message["stats"])
+                elif call_id in self._parks:
+                    self._parks.pop(call_id).set_result(message)
                 elif (call := self._calls.get(call_id)) is not None:
+                    self.last_output = self.last_heard
                     call._deliver(message)
         except (ConnectionError, ValueError) as exc:
             log.warning("worker %s: broken channel: %s", self.label, exc)
@@ -179,7 +219,7 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
         code = await self.process.wait()
-        if not self.stopping:
+        if not self.stopping and not self.unhealthy:
             why = f"signal {-code}" if code < 0 else f"exit code {code}"
             log.error("worker %s died (%s)", self.label, why)
         error = WorkerCrashed(
@@ -189,7 +229,7 @@ class WorkerProcess:
         for call in list(self._calls.values()):
             call._deliver(error)
         self._calls.clear()
-        for future in self._stats.values():
+        for future in (*self._stats.values(), *self._parks.values()):
             if not future.done():
                 future.set_exception(WorkerGone())
         self.exited.set()
@@ -200,7 +240,32 @@ class WorkerProcess:
         if not self.exited.is_set() and not self._writer.is_closing():
             self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
+    def watch(self, timeouts: Timeouts) -> None:
+        """Start the watchdog (once loaded: a load has its own timeout, and no heartbeat before)."""
+        self.last_heard = self.last_output = time.monotonic()
+        self._watchdog = asyncio.create_task(watch(self, timeouts), name=f"watchdog-{self.pid}")
+
+    def text_calls(self) -> list[CallState]:
+        return [CallState(c.started, c.produced, c.paused) for c in self._calls.values() if c.method in _TEXT_METHODS]
+
+    def kill_hung(self, why: str) -> None:
+        """The watchdog's verdict: fail its calls with a timeout (504) and kill it; the arbiter
+        forgets it when it exits, and the next request starts a fresh one."""
+        if self.unhealthy or self.exited.is_set():
+            return
+        self.unhealthy = why
+        log.error("worker %s is hung (%s); killing it", self.label, why)
+        error = EngineTimeout(f"model {self.plan.model_id} stopped responding ({why}); its worker was stopped "
+                              "and a fresh one starts on the next request")
+        for call in list(self._calls.values()):
+            call._deliver(error)
+        self._calls.clear()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)  # works on a stopped process too
+
     async def _send(self, message: CallMessage | ControlMessage) -> None:
+        if self.unhealthy:
+            raise EngineTimeout(f"model {self.plan.model_id} stopped responding; retry to start a fresh worker")
         if self.exited.is_set():
             raise WorkerCrashed(f"the worker serving model {self.plan.model_id} is gone; retry to start a fresh one")
         try:
@@ -211,9 +276,10 @@ class WorkerProcess:
 
     async def call(self, params: Params) -> Call:
         """Start the adapter method these params are for; read its chunks from the Call."""
-        call = Call(self, next(self._ids))
+        method = method_of(params)
+        call = Call(self, next(self._ids), method)
         self._calls[call.id] = call
-        await self._send({"op": "call", "id": call.id, "method": method_of(params), "params": encode_params(params)})
+        await self._send({"op": "call", "id": call.id, "method": method, "params": encode_params(params)})
         return call
 
     async def stats(self, timeout: float = 1.0) -> dict[str, Any]:
@@ -222,6 +288,18 @@ class WorkerProcess:
         self._stats[call_id] = future
         await self._send({"op": "stats", "id": call_id})
         return await asyncio.wait_for(future, timeout)
+
+    async def park(self, dest: Path) -> int:
+        """Have the engine write its warm copy into `dest`; the bytes it takes. The caller bounds
+        the time and stops the worker afterwards, whatever happened."""
+        call_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._parks[call_id] = future
+        await self._send({"op": "park", "id": call_id, "dest": str(dest)})
+        reply = await future
+        if "err" in reply:
+            raise _map_error(reply["err"], self.label)
+        return int(reply["parked"]["bytes"])
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Ask politely, then kill; returns once the process is reaped."""
@@ -242,8 +320,9 @@ class WorkerProcess:
 class WorkerFactory:
     """Starts one worker process per model load."""
 
-    def __init__(self, python: str = sys.executable):
+    def __init__(self, python: str = sys.executable, timeouts: Timeouts | None = None):
         self.python = python
+        self.timeouts = timeouts or Timeouts()
 
     async def start(self, plan: LoadPlan) -> WorkerProcess:
         parent, child = socket.socketpair()
@@ -269,4 +348,5 @@ class WorkerFactory:
             writer.close()
             raise
         log.info("worker %s ready (reports %.0f MiB)", worker.label, worker.reported_mb)
+        worker.watch(self.timeouts)
         return worker

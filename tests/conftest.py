@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from server.app import create_app  # noqa: E402
+from server.listener import uvicorn_server  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
 
@@ -82,15 +83,14 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve(tmp_path: Path, models: list[dict], **overrides) -> Iterator[Served]:
+def serve(tmp_path: Path, models: list[dict], probe=None, **overrides) -> Iterator[Served]:
     registry = tmp_path / "models.yaml"
     registry.write_text(yaml.safe_dump({"models": models}))
     settings = Settings(**{"models": registry, "port": free_port(), "worker_overhead_mb": 0, "budget_mb": 4096,
-                           **overrides})
-    app = create_app(settings)
+                           "log_level": "warning", "shutdown_grace_s": 5, **overrides})
+    app = create_app(settings, probe=probe)
     others = {p.pid for p in worker_processes()}  # workers of servers started by other fixtures
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                                           timeout_graceful_shutdown=5))
+    server = uvicorn_server(app, settings)  # what `modelyard serve` runs
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15

@@ -103,7 +103,9 @@ def test_models_list_shows_residency(s):
     assert set(models) == {"chat", "slow", "tiny-ctx"}
     assert models["chat"]["resident"] is True and models["chat"]["object"] == "model"
     assert models["chat"]["owned_by"] and isinstance(models["chat"]["created"], int)
-    assert models["tiny-ctx"]["max_model_len"] == 16
+    assert models["tiny-ctx"]["max_model_len"] == models["tiny-ctx"]["context_length"] == 16
+    assert models["chat"]["state"] == "loaded" and models["slow"]["state"] == "unloaded"
+    assert models["chat"]["capabilities"] == ["chat", "completion", "fim", "tools"]
     assert s.http.get("/v1/models/gpt-4o-mini").json()["id"] == "gpt-4o-mini"
     assert s.http.get("/v1/models/absent").status_code == 404
 

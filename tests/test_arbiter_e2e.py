@@ -50,7 +50,7 @@ def test_model_that_does_not_fit_evicts_an_idle_one(served):
 
 def test_busy_victim_drains_and_waiter_is_served_after(served):
     models = [fake("slow", memory_mb=600, token_latency_s=0.05), fake("other", memory_mb=600)]
-    with served(models, budget_mb=1000) as s:
+    with served(models, budget_mb=1000, max_wait_s=0) as s:  # no aging allowance: drain at once
         client = s.client()
         stream = chat(client, "slow", max_tokens=20, stream=True)
         next(iter(stream))  # "slow" is now serving

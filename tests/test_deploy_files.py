@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
-CRD_SCHEMAS = {"ServiceMonitor": "servicemonitor.schema.json", "PrometheusRule": "prometheusrule.schema.json"}
+GATEWAY = K8S / "inference-gateway"
+CRD_SCHEMAS = {"ServiceMonitor": "servicemonitor.schema.json", "PrometheusRule": "prometheusrule.schema.json",
+               "InferencePool": "inferencepool.schema.json", "HTTPRoute": "httproute.schema.json"}
 
 
 def tool(name: str) -> str:
@@ -38,16 +40,27 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
-def manifests() -> list[tuple[Path, dict]]:
+def manifests(folder: Path = K8S) -> list[tuple[Path, dict]]:
     found = []
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted(folder.glob("*.yaml")):
         found += [(path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
     return found
 
 
-def manifest(kind: str) -> dict:
-    (doc,) = [d for _, d in manifests() if d["kind"] == kind]
+def manifest(kind: str, folder: Path = K8S) -> dict:
+    (doc,) = [d for _, d in manifests(folder) if d["kind"] == kind]
     return doc
+
+
+def validate(path: Path, doc: dict) -> None:
+    """A CRD kind against its schema in tests/schemas, anything else against Kubernetes' own (strict)."""
+    try:
+        if doc["kind"] in CRD_SCHEMAS:
+            crd_validator(doc["kind"]).validate(doc)
+        else:
+            kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    except (jsonschema.ValidationError, kubernetes_validate.ValidationError) as exc:
+        raise AssertionError(f"{path.name}: {exc}") from exc
 
 
 def crd_validator(kind: str) -> jsonschema.Draft202012Validator:
@@ -199,7 +212,9 @@ def test_grafana_provisions_the_datasource_and_dashboard_it_uses():
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
     for shown in ("request rate", "errors", "latency", "first token", "tokens/s", "running and waiting",
-                  "resident models", "memory against the budget", "loads", "evictions", "image", "transcription"):
+                  "resident models", "memory against the budget", "loads", "evictions", "image", "transcription",
+                  "swap-in time by source", "wait for a model by reason", "warm tier", "estimate error",
+                  "fit rung", "swaps"):
         assert shown in titles, shown
 
 
@@ -208,13 +223,7 @@ def test_grafana_provisions_the_datasource_and_dashboard_it_uses():
 def test_kubernetes_manifests_validate_against_their_schemas():
     kinds = []
     for path, doc in manifests():
-        try:
-            if doc["kind"] in CRD_SCHEMAS:
-                crd_validator(doc["kind"]).validate(doc)
-            else:
-                kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
-        except (jsonschema.ValidationError, kubernetes_validate.ValidationError) as exc:
-            raise AssertionError(f"{path.name}: {exc}") from exc
+        validate(path, doc)
         kinds.append(doc["kind"])
     assert sorted(kinds) == sorted(["ConfigMap", "Deployment", "PersistentVolumeClaim", "PrometheusRule", "Secret",
                                     "Service", "ServiceMonitor"])
@@ -283,3 +292,84 @@ def test_image_allows_the_shipped_registrys_demo_paths(monkeypatch):
     monkeypatch.setenv("HOME", "/home/modelyard")  # the image's user
     registry = load_registry(ROOT / "models.yaml", [Path(d) for d in dirs])
     assert "python3 -m tinymodels" in text and len(registry) >= 1
+
+
+# ---- the inference gateway (Gateway API Inference Extension) ---------------------------------
+
+def test_inference_gateway_manifests_validate_against_their_schemas():
+    kinds = []
+    for path, doc in manifests(GATEWAY):
+        validate(path, doc)
+        kinds.append(doc["kind"])
+    assert sorted(kinds) == sorted(["InferencePool", "HTTPRoute", "ServiceAccount", "Role", "RoleBinding",
+                                    "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service"])
+
+
+def test_gateway_crd_schemas_reject_misspelt_missing_and_out_of_range_fields():
+    pool = manifest("InferencePool", GATEWAY)
+    for change in (lambda p: p["spec"].update(targetPort=8000),  # misspelt
+                   lambda p: p["spec"].pop("endpointPickerRef"),  # required
+                   lambda p: p["spec"]["targetPorts"][0].update(number=70000),
+                   lambda p: p["spec"]["endpointPickerRef"].pop("port"),  # a Service referent needs its port
+                   lambda p: p["spec"]["endpointPickerRef"].update(failureMode="FailSoft"),
+                   lambda p: p["spec"]["selector"]["matchLabels"].update(bad="not a label value!")):
+        broken = copy.deepcopy(pool)
+        change(broken)
+        assert list(crd_validator("InferencePool").iter_errors(broken)), change
+    route = manifest("HTTPRoute", GATEWAY)
+    for change in (lambda r: r["spec"]["rules"][0]["backendRefs"][0].update(kind="Service"),  # no port
+                   lambda r: r["spec"]["rules"][0]["matches"][0]["path"].update(type="Prefix"),
+                   lambda r: r["spec"]["rules"][0]["matches"][0]["path"].update(value="v1"),
+                   lambda r: r["spec"]["rules"][0]["timeouts"].update(request="ten minutes"),
+                   lambda r: r["spec"]["rules"][0].update(backendRef=[])):
+        broken = copy.deepcopy(route)
+        change(broken)
+        assert list(crd_validator("HTTPRoute").iter_errors(broken)), change
+
+
+def test_pool_selects_the_modelyard_pods_and_route_and_picker_point_at_each_other():
+    pool, route = manifest("InferencePool", GATEWAY), manifest("HTTPRoute", GATEWAY)
+    pod = manifest("Deployment")["spec"]["template"]
+    assert pool["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    ports = {p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert [p["number"] for p in pool["spec"]["targetPorts"]] == [8000] and 8000 in ports
+    (backend,) = route["spec"]["rules"][0]["backendRefs"]
+    assert (backend["group"], backend["kind"], backend["name"]) == ("inference.networking.k8s.io", "InferencePool",
+                                                                    pool["metadata"]["name"])
+    picker, service = manifest("Deployment", GATEWAY), manifest("Service", GATEWAY)
+    ref = pool["spec"]["endpointPickerRef"]
+    assert ref["name"] == service["metadata"]["name"]
+    assert ref["port"]["number"] in {p["port"] for p in service["spec"]["ports"]}
+    assert service["spec"]["selector"].items() <= picker["spec"]["template"]["metadata"]["labels"].items()
+    args = dict(a.removeprefix("--").split("=", 1) for a in picker["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert args["pool-name"] == pool["metadata"]["name"]
+    mount = picker["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]
+    config = manifest("ConfigMap", GATEWAY)
+    assert args["config-file"] == f"{mount['mountPath']}/plugins.yaml"
+    plugins = yaml.safe_load(config["data"]["plugins.yaml"])
+    declared = {p["type"] for p in plugins["plugins"]}
+    used = {p["pluginRef"] for profile in plugins["schedulingProfiles"] for p in profile["plugins"]}
+    assert used <= declared and "lora-affinity-scorer" in used and "queue-scorer" in used
+    binding = manifest("RoleBinding", GATEWAY)
+    assert binding["subjects"][0]["name"] == picker["spec"]["template"]["spec"]["serviceAccountName"]
+
+
+def test_endpoint_picker_reads_metrics_a_running_server_exports(tmp_path):
+    """Every metric the picker's flags name is in a live /metrics, in the form the picker parses."""
+    from conftest import fake, serve
+    from exposition import scrape
+
+    picker = manifest("Deployment", GATEWAY)["spec"]["template"]["spec"]["containers"][0]
+    args = dict(a.removeprefix("--").split("=", 1) for a in picker["args"])
+    named = {flag: args[flag] for flag in ("total-queued-requests-metric", "kv-cache-usage-percentage-metric",
+                                           "lora-info-metric")}
+    with serve(tmp_path, [fake("m")]) as served:
+        served.client().chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
+                                                max_tokens=1)
+        exposition = scrape(served)
+    for flag, name in named.items():
+        assert name in exposition.names, f"--{flag}={name} is not exported"
+    (labels,) = [dict(k[1]) for k in exposition.samples if k[0] == named["lora-info-metric"]]
+    assert set(labels) == {"running_lora_adapters", "waiting_lora_adapters", "max_lora"}
+    assert labels["running_lora_adapters"] == "m"
+    assert 0.0 <= exposition.value(named["kv-cache-usage-percentage-metric"]) <= 1.0

@@ -69,3 +69,14 @@ def test_fifty_load_unload_cycles_return_memory_to_baseline(served):
         assert s.ps()["used_mb"] == 0 and s.arbiter.loads == 50
         grown_mb = (psutil.Process().memory_info().rss - server_rss) / MIB
         assert grown_mb < 64, f"server process grew {grown_mb:.0f} MiB over 50 cycles"
+
+
+def test_the_ram_the_defaults_share_out_is_the_containers_limit_when_lower(tmp_path, monkeypatch):
+    from server import memory
+
+    limit = tmp_path / "memory.max"
+    limit.write_text(str(1024 * 1024 * 1024) + "\n")  # a 1 GiB container
+    monkeypatch.setattr(memory, "_CGROUP_LIMITS", (str(limit),))
+    assert memory.ram_total_mb() == 1024
+    limit.write_text("max\n")  # no limit: the machine's
+    assert memory.ram_total_mb() > 1024

@@ -59,8 +59,8 @@ def test_a_stream_sends_text_deltas_and_a_final_message(client, model):
 @pytest.mark.parametrize("model", MODELS)
 def test_a_tool_round_trip(client, model):
     question = [{"role": "user", "content": "Weather in Lisbon?"}]
-    first = client.messages.create(model=model, max_tokens=120, tools=[WEATHER], tool_choice={"type": "any"},
-                                   messages=question)
+    first = client.messages.create(model=model, max_tokens=120, tools=[WEATHER], messages=question,
+                                   tool_choice={"type": "any", "disable_parallel_tool_use": True})
     assert first.stop_reason == "tool_use"
     use = next(block for block in first.content if block.type == "tool_use")
     assert use.name == "get_weather"

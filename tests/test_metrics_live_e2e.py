@@ -18,7 +18,7 @@ def chat(client, model, **kwargs):
 
 def test_running_and_waiting_gauges_follow_live_requests(served):
     models = [fake("slow", memory_mb=600, token_latency_s=0.05), fake("other", memory_mb=600)]
-    with served(models, budget_mb=1000) as s:
+    with served(models, budget_mb=1000, max_wait_s=0) as s:  # no aging allowance: slow drains at once
         client = s.client()
         stream = chat(client, "slow", max_tokens=30, stream=True)
         next(iter(stream))

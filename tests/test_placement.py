@@ -7,11 +7,15 @@ from server.placement import (
     Release,
     ResidentView,
     Verdict,
+    WarmView,
     after_release,
+    device_mb,
     eviction_order,
     expected_mb,
     over_budget_victims,
     plan,
+    ram_over_budget,
+    ram_room,
     refusal,
 )
 
@@ -137,3 +141,41 @@ def test_after_release_a_draining_model_unloads_for_its_waiters_or_the_admin():
 def test_after_release_a_draining_model_nobody_waits_for_serves_again():
     assert after_release(draining=True, unload_requested=False, others_waiting=False, pinned=False,
                          keep_alive_s=300) == Release(resume=True, expire_in_s=300)
+
+
+# ---- the warm tier ---------------------------------------------------------------------------------
+
+
+def test_an_evicted_model_parks_when_the_ram_budget_has_room():
+    assert ram_room(400, [WarmView("p", 500)], 1000).park
+    assert ram_room(400, [WarmView("p", 500)], 1000).drop == ()
+
+
+def test_parking_drops_the_least_recently_used_copies_first_and_only_as_many_as_needed():
+    warm = [WarmView("new", 300, last_used=30), WarmView("old", 300, last_used=10), WarmView("mid", 300, last_used=20)]
+    room = ram_room(500, warm, 1000)
+    assert room.park and room.drop == ("old", "mid")
+
+
+def test_a_copy_being_loaded_is_never_dropped_to_park_another():
+    warm = [WarmView("loading", 800, last_used=0, in_use=True)]
+    room = ram_room(500, warm, 1000)
+    assert not room.park and "being loaded" in room.reason
+
+
+def test_a_model_larger_than_the_ram_budget_or_a_budget_of_zero_is_dropped():
+    assert not ram_room(1200, [], 1000).park
+    assert "warm tier is off" in ram_room(10, [], 0).reason
+
+
+def test_a_park_that_wrote_more_than_estimated_drops_older_copies_back_under_the_budget():
+    warm = [WarmView("just-parked", 700, last_used=50), WarmView("old", 200, last_used=1),
+            WarmView("newer", 200, last_used=2)]
+    assert ram_over_budget("just-parked", warm, 1000) == ("old",)
+    assert ram_over_budget("just-parked", warm, 2000) == ()
+
+
+def test_a_cpu_plan_beside_a_gpu_is_charged_nothing_on_the_device():
+    estimate = MemoryEstimate(weights_mb=300, kv_cache_mb=100, runtime_mb=60)
+    assert device_mb(estimate, "cpu", "cuda").total_mb == 0 and device_mb(estimate, "cpu", "cuda").host_mb == 460
+    assert device_mb(estimate, "cpu", "cpu") == estimate and device_mb(estimate, "cuda", "cuda") == estimate

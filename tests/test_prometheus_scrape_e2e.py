@@ -181,7 +181,10 @@ def test_every_metric_the_dashboard_and_alerts_query_is_exported(stack):
     for family in ("modelyard_images_generated_total", "modelyard_image_generation_duration_seconds_bucket",
                    "modelyard_audio_seconds_transcribed_total", "modelyard_transcription_duration_seconds_bucket",
                    "modelyard_time_to_first_token_seconds_bucket", "modelyard_model_evictions_total",
-                   "modelyard_memory_budget_bytes", "modelyard_num_requests_waiting"):
+                   "modelyard_memory_budget_bytes", "modelyard_num_requests_waiting",
+                   "modelyard_model_swap_in_seconds_bucket", "modelyard_wait_seconds_bucket",
+                   "modelyard_memory_estimate_ratio_bucket", "modelyard_parked_bytes", "modelyard_parked_models",
+                   "modelyard_model_fit_rung", "modelyard_admission_switches_total"):
         assert family in queried, f"the dashboard shows nothing from {family}"
 
 

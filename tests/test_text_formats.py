@@ -120,7 +120,8 @@ def test_json_object_output_is_a_json_object(s, fmt, demo_root):
 def test_tool_call_round_trip(s, fmt):
     question = [{"role": "user", "content": "Weather?"}]
     for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
-        reply = chat(s, fmt, messages=question, tools=[WEATHER], tool_choice=choice, max_tokens=120, seed=5)
+        reply = chat(s, fmt, messages=question, tools=[WEATHER], tool_choice=choice, max_tokens=120, seed=5,
+                     parallel_tool_calls=False)  # the demo templates' Hermes syntax: one call, then the end
         assert reply.choices[0].finish_reason == "tool_calls"
         message = reply.choices[0].message
         assert message.role == "assistant" and message.content is None
@@ -141,7 +142,7 @@ def test_tool_call_round_trip(s, fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_streamed_tool_call_assembles_into_valid_arguments(s, fmt):
     chunks = list(chat(s, fmt, messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER],
-                       tool_choice="required", max_tokens=120, seed=5, stream=True))
+                       tool_choice="required", max_tokens=120, seed=5, stream=True, parallel_tool_calls=False))
     fragments = [t for c in chunks if c.choices and c.choices[0].delta.tool_calls for t in c.choices[0].delta.tool_calls]
     assert fragments[0].index == 0 and fragments[0].id.startswith("call_")
     assert fragments[0].type == "function" and fragments[0].function.name == "get_weather"

@@ -130,7 +130,9 @@ def test_estimate_matches_the_loaded_footprint(app):
     assert estimate.model_mb >= worker["memory_mb"]
 
 
-def test_models_list_shows_chat_and_completion_and_the_context(app):
-    listed = {m["id"]: m for m in app.http.get("/v1/models").raise_for_status().json()["data"]}
-    assert listed[app.model]["capabilities"] == ["chat", "completion"]
-    assert listed[app.model]["max_model_len"] == 2048
+def test_models_list_shows_capabilities_and_the_context(app):
+    listed = {m.id: m.model_extra for m in app.client().models.list()}
+    assert listed[app.model]["capabilities"] == ["chat", "completion", "fim", "tools"]
+    assert listed[app.model]["context_length"] == listed[app.model]["max_model_len"] == 2048
+    assert listed[app.model]["max_context_length"] == 2048
+    assert listed[app.model]["memory_estimate_mb"] > 0

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from server.tool_syntax import Text, ToolCall, ToolFormat, detect, parser_for
+from backends.tools import ToolFormat, detect
+from server.tool_syntax import Text, ToolCall, parser_for
 
 
 def run(fmt: ToolFormat, output: str, by_char: bool) -> tuple[str, list[ToolCall], bool, int]:

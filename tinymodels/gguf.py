@@ -14,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from tinymodels import is_current, stamp
+from tinymodels.tools import TOOL_CLOSE, TOOL_OPEN, TOOLS_TEMPLATE
+
 CHAT_FILE = "tiny-llama.gguf"
 EMBED_FILE = "tiny-embed.gguf"
 RERANK_FILE = "tiny-rerank.gguf"
 
-# ChatML-style, with tools and tool results, so the tool-call round trip renders like a real model's.
-CHAT_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\nYou may call these tools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% endif %}"
-    "{% if m.get('tool_calls') %}{{ m['tool_calls'] | tojson }}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# ChatML with Hermes/Qwen tool calls, so tools render and calls parse as with a real Qwen model.
+CHAT_TEMPLATE = TOOLS_TEMPLATE
+# 2: the tool-call markers are the last two tokens (user-defined: text the detokenizer shows).
+CHAT_VERSION = 2
 
 # Control tokens after <unk> <s> </s>; the FIM ids go into the metadata (llama.cpp reads them from there).
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
@@ -33,8 +32,14 @@ SPECIAL = ["<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|
 
 def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2, heads: int = 4,
                 ffn: int | None = None, context: int = 2048, dtype=np.float32, fim: bool = True,
-                chat_template: str | None = CHAT_TEMPLATE, pooling: bool = False, seed: int = 0) -> None:
-    """A llama-architecture GGUF with an SPM byte-fallback vocabulary of `vocab` tokens."""
+                chat_template: str | None = CHAT_TEMPLATE, pooling: bool = False, seed: int = 0,
+                kv_heads: int | None = None, q4_0: bool = False, pieces: dict[str, float] | None = None) -> None:
+    """A llama-architecture GGUF with an SPM byte-fallback vocabulary of `vocab` tokens (then the two
+    tool-call markers, when the template teaches them); `pieces`
+    (text -> merge score) replaces the filler pieces, for tests of tokenization itself.
+
+    `q4_0` stores every matrix as Q4_0 blocks of random nibbles under one small scale, made once per
+    shape and reused: a real-size quantized file (an 8B shape is 4.5 GB) written in seconds."""
     import gguf
 
     ffn = ffn or dim * 2
@@ -46,23 +51,35 @@ def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2,
     types += [gguf.TokenType.BYTE] * 256
     tokens.append("\u2581")  # the SPM space piece, so spaces decode as spaces
     types.append(gguf.TokenType.NORMAL)
-    filler = vocab - len(tokens)
-    if filler < 0:
-        raise ValueError(f"vocab must be at least {len(tokens)}")
-    tokens += [f"\u2581w{i}" for i in range(filler)]  # ordinary pieces, only to reach the size asked
-    types += [gguf.TokenType.NORMAL] * filler
-    scores = [0.0] * (3 + len(SPECIAL) + 256) + [-1.0] + [-float(i + 2) for i in range(filler)]
+    scores = [0.0] * (3 + len(SPECIAL) + 256) + [-1.0]
+    if pieces is None:
+        filler = vocab - len(tokens)
+        if filler < 0:
+            raise ValueError(f"vocab must be at least {len(tokens)}")
+        pieces = {f"\u2581w{i}": -float(i + 2) for i in range(filler)}  # ordinary pieces, to reach the size
+    vocab = len(tokens) + len(pieces)
+    tokens += list(pieces)
+    types += [gguf.TokenType.NORMAL] * len(pieces)
+    scores += list(pieces.values())
+    # A template that teaches tool calls gets its markers as single tokens (user-defined: text the
+    # detokenizer shows, as Qwen's are), after every other token: ids and weights stay as before.
+    markers = [TOOL_OPEN, TOOL_CLOSE] if chat_template and TOOL_OPEN in chat_template else []
+    tokens += markers
+    types += [gguf.TokenType.USER_DEFINED] * len(markers)
+    scores += [0.0] * len(markers)
 
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_context_length(context)
     writer.add_embedding_length(dim)
     writer.add_block_count(layers)
     writer.add_feed_forward_length(ffn)
+    kv_heads = kv_heads or heads
     writer.add_head_count(heads)
-    writer.add_head_count_kv(heads)
+    writer.add_head_count_kv(kv_heads)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(dim // heads)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == np.float16 else gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if q4_0 else
+                         gguf.LlamaFileType.MOSTLY_F16 if dtype == np.float16 else gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
@@ -81,21 +98,39 @@ def write_llama(path: Path, *, vocab: int = 265, dim: int = 64, layers: int = 2,
     if pooling:
         writer.add_pooling_type(gguf.PoolingType.MEAN)
 
-    def tensor(*shape: int):
-        return (rng.standard_normal(shape) * 0.05).astype(dtype)
+    blocks: dict[tuple[int, int], np.ndarray] = {}
+
+    def add(name: str, *shape: int, extra_rows: int = 0) -> None:
+        if not q4_0:
+            weights = rng.standard_normal(shape)
+            if extra_rows:  # drawn apart, so the other tensors' draws do not move
+                weights = np.concatenate([weights, marker_rng.standard_normal((extra_rows, *shape[1:]))])
+            writer.add_tensor(name, (weights * 0.05).astype(dtype))
+            return
+        shape = (shape[0] + extra_rows, *shape[1:])
+        if shape not in blocks:  # 32 weights a block: an f16 scale, then 16 bytes of nibbles
+            rows, cols = shape
+            block = rng.integers(0, 256, (rows, cols // 32, 18), dtype=np.uint8)
+            block[:, :, 0:2] = np.frombuffer(np.float16(0.01).tobytes(), dtype=np.uint8)
+            blocks[shape] = block.reshape(rows, cols // 32 * 18)
+        writer.add_tensor(name, blocks[shape], raw_dtype=gguf.GGMLQuantizationType.Q4_0)
 
     norm = np.ones(dim, dtype=np.float32)
-    writer.add_tensor("token_embd.weight", tensor(vocab, dim))
+    kv_dim = dim * kv_heads // heads
+    marker_rng = np.random.default_rng(seed + 1)
+    add("token_embd.weight", vocab, dim, extra_rows=len(markers))
     for i in range(layers):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", norm)
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(f"blk.{i}.{name}.weight", tensor(dim, dim))
+        add(f"blk.{i}.attn_q.weight", dim, dim)
+        add(f"blk.{i}.attn_k.weight", kv_dim, dim)
+        add(f"blk.{i}.attn_v.weight", kv_dim, dim)
+        add(f"blk.{i}.attn_output.weight", dim, dim)
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", norm)
-        writer.add_tensor(f"blk.{i}.ffn_gate.weight", tensor(ffn, dim))
-        writer.add_tensor(f"blk.{i}.ffn_up.weight", tensor(ffn, dim))
-        writer.add_tensor(f"blk.{i}.ffn_down.weight", tensor(dim, ffn))
+        add(f"blk.{i}.ffn_gate.weight", ffn, dim)
+        add(f"blk.{i}.ffn_up.weight", ffn, dim)
+        add(f"blk.{i}.ffn_down.weight", dim, ffn)
     writer.add_tensor("output_norm.weight", norm)
-    writer.add_tensor("output.weight", tensor(vocab, dim))
+    add("output.weight", vocab, dim, extra_rows=len(markers))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -166,9 +201,9 @@ def write_bert_reranker(source: Path, path: Path) -> None:
     writer.close()
 
 
-def build_file(target: Path, write: Callable[[Path], None] | None = None, **kwargs) -> Path:
+def build_file(target: Path, write: Callable[[Path], None] | None = None, version: int = 1, **kwargs) -> Path:
     """Write to a temp file beside `target`, then rename: a half-written model is never used."""
-    if target.exists():
+    if is_current(target, version):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
@@ -179,6 +214,8 @@ def build_file(target: Path, write: Callable[[Path], None] | None = None, **kwar
         else:
             write(Path(tmp))
         shutil.move(tmp, target)
+        if version > 1:
+            stamp(target, version).touch()
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -188,7 +225,7 @@ def build_file(target: Path, write: Callable[[Path], None] | None = None, **kwar
 def build(root: Path) -> None:
     from tinymodels import hf
 
-    build_file(root / CHAT_FILE)
+    build_file(root / CHAT_FILE, version=CHAT_VERSION)
     build_file(root / EMBED_FILE, dim=32, layers=1, heads=2, fim=False, chat_template=None, pooling=True, seed=1)
     hf.build_reranker(root)
     build_file(root / RERANK_FILE, lambda tmp: write_bert_reranker(root / hf.RERANK_DIR, tmp))

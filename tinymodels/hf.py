@@ -11,51 +11,35 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
+
+from tinymodels import build_dir
+from tinymodels.tools import TOOL_CLOSE, TOOL_OPEN, TOOLS_TEMPLATE
 
 LLM_DIR, GPTQ_DIR, EMBED_DIR, RERANK_DIR = "tiny-hf", "tiny-gptq", "tiny-embed-hf", "tiny-rerank-hf"
 
-# ChatML-like; roles and content only, so it renders any OpenAI message list.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# ChatML with Hermes/Qwen tool calls, so tools render and calls parse as with a real Qwen model.
+CHAT_TEMPLATE = "{{ bos_token }}" + TOOLS_TEMPLATE
 SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>"]
 VOCAB = 1024  # large enough that a random model rarely samples </s> by chance
+# 2: the tool-call tokens (TOOL_OPEN, TOOL_CLOSE) take the last two ids and the template renders tools.
+LLM_VERSION = 2
 SEED = 1234
 
 
 def build(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    _atomic(root / LLM_DIR, _build_llm)
-    _atomic(root / GPTQ_DIR, lambda out: _build_gptq(root / LLM_DIR, out))
-    _atomic(root / EMBED_DIR, _build_embedder)
+    build_dir(root / LLM_DIR, _build_llm, LLM_VERSION)
+    build_dir(root / GPTQ_DIR, lambda out: _build_gptq(root / LLM_DIR, out), LLM_VERSION)
+    build_dir(root / EMBED_DIR, _build_embedder)
     build_reranker(root)
 
 
 def build_reranker(root: Path) -> None:
     """The cross-encoder alone (the GGUF builder converts it)."""
     root.mkdir(parents=True, exist_ok=True)
-    _atomic(root / RERANK_DIR, _build_reranker)
-
-
-def _atomic(target: Path, make: Callable[[Path], None]) -> None:
-    if target.exists():
-        return
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        make(work)
-        try:
-            os.replace(work, target)
-        except OSError:
-            if not target.exists():  # else another process finished the same model first: keep theirs
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    build_dir(root / RERANK_DIR, _build_reranker)
 
 
 def _corpus(lines: int = 400) -> list[str]:
@@ -69,29 +53,34 @@ def _corpus(lines: int = 400) -> list[str]:
 
 
 def _byte_bpe_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIALS,
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB - 2, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_corpus(), trainer=trainer)
+    # Not special, as in Qwen's tokenizer: the call markers are text the detokenizer shows.
+    tok.add_tokens([AddedToken(TOOL_OPEN, special=False, normalized=False),
+                    AddedToken(TOOL_CLOSE, special=False, normalized=False)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="</s>", additional_special_tokens=SPECIALS[3:])
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
-def _build_llm(out: Path) -> None:
+def _build_llm(out: Path, hidden: int = 64, layers: int = 2, heads: int = 4) -> None:
+    """The demo Llama; bench/bench_warm.py makes a larger one of the same kind."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(SEED)
     tokenizer = _byte_bpe_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
+                         max_position_embeddings=2048,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)

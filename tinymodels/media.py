@@ -63,8 +63,9 @@ def _byte_symbols() -> list[str]:
     return [chr(c) for c in chars]
 
 
-def _clip_parts(work: Path):
-    """A byte-level CLIP tokenizer and a text-encoder config factory (one tiny CLIP for SD and SDXL)."""
+def _clip_parts(work: Path, hidden: int = 16, intermediate: int = 32, layers: int = 1, heads: int = 2):
+    """A byte-level CLIP tokenizer and a text-encoder config factory (one tiny CLIP for SD and SDXL;
+    tinymodels/shapes.py asks for CLIP ViT-L's sizes)."""
     from transformers import CLIPTextConfig, CLIPTokenizer
 
     work.mkdir()
@@ -78,10 +79,10 @@ def _clip_parts(work: Path):
     tokenizer = CLIPTokenizer(str(work / "vocab.json"), str(work / "merges.txt"), model_max_length=77)
 
     def config() -> CLIPTextConfig:
-        return CLIPTextConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                              max_position_embeddings=77, vocab_size=len(vocab),
+        return CLIPTextConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                              num_attention_heads=heads, max_position_embeddings=77, vocab_size=len(vocab),
                               bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                              projection_dim=16)
+                              projection_dim=hidden)
 
     return tokenizer, config
 
@@ -94,20 +95,27 @@ def _tiny_vae():
                          sample_size=32)
 
 
-def build_sd(out: Path) -> None:
+TINY_UNET = {"block_out_channels": (8, 16), "layers_per_block": 1, "sample_size": 16,
+             "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+             "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"), "cross_attention_dim": 16, "norm_num_groups": 4,
+             "attention_head_dim": 2}
+
+
+def build_sd(out: Path, unet_channels: tuple[int, ...] = (8, 16), norm_groups: int = 4, unet: dict | None = None,
+             clip: dict | None = None, vae=None) -> None:
+    """A Stable Diffusion 1.x pipeline: tiny by default (a wider UNet with `unet_channels`); tinymodels/shapes.py
+    passes SD 1.5's whole UNet, text encoder and VAE."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(0)
     out.mkdir(parents=True)
-    tokenizer, text_config = _clip_parts(out.parent / "clip-vocab")
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=2)
+    tokenizer, text_config = _clip_parts(out.parent / "clip-vocab", **(clip or {}))
     pipe = StableDiffusionPipeline(
-        vae=_tiny_vae(), text_encoder=CLIPTextModel(text_config()), tokenizer=tokenizer, unet=unet,
+        vae=vae if vae is not None else _tiny_vae(), text_encoder=CLIPTextModel(text_config()), tokenizer=tokenizer,
+        unet=UNet2DConditionModel(**(unet or {**TINY_UNET, "block_out_channels": unet_channels,
+                                               "norm_num_groups": norm_groups})),
         scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
@@ -159,7 +167,10 @@ def _whisper_tokenizer():
                                    eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
-def build_whisper(out: Path) -> None:
+def build_whisper(out: Path, d_model: int = 64, layers: int = 1, heads: int = 2, ffn: int | None = None,
+                  quantization: str = "float16") -> None:
+    """A faster-whisper directory: tiny by default; tinymodels/shapes.py passes large-v2's sizes."""
+    ffn = ffn or d_model * 2
     import torch
     from ctranslate2.converters import TransformersConverter
     from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
@@ -169,8 +180,8 @@ def build_whisper(out: Path) -> None:
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in whisper_specials()}
     assert ids["<|notimestamps|>"] == 50363, ids["<|notimestamps|>"]
     config = WhisperConfig(
-        vocab_size=_MULTILINGUAL_VOCAB, num_mel_bins=80, d_model=64, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        vocab_size=_MULTILINGUAL_VOCAB, num_mel_bins=80, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
         max_source_positions=1500, max_target_positions=448, pad_token_id=ids["<|endoftext|>"],
         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
         decoder_start_token_id=ids["<|startoftranscript|>"])
@@ -189,7 +200,7 @@ def build_whisper(out: Path) -> None:
     tokenizer.save_pretrained(hf_dir)
     WhisperFeatureExtractor(feature_size=80).save_pretrained(hf_dir)
     TransformersConverter(str(hf_dir), copy_files=["tokenizer.json", "preprocessor_config.json"]).convert(
-        str(out), quantization="float16")
+        str(out), quantization=quantization)
     # CTranslate2 4.8 treats a Whisper vocabulary as multilingual only when it holds an empty-string
     # token (found by experiment); id 50256 is one of our fillers, so it becomes that token.
     vocabulary = json.loads((out / "vocabulary.json").read_text())

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from backends import bundle
 from backends.contract import Cancel, Chunks, ImageParams, ImageResult, InvalidInput
 from backends.diffusion.plan import DiffusionPlan
 from backends.plan import MIB
@@ -65,14 +66,26 @@ class DiffusionAdapter:
             raise RuntimeError("safety_checker: true, but this pipeline has no safety checker to run")
         if plan.scheduler:
             pipe.scheduler = getattr(diffusers, plan.scheduler).from_config(pipe.scheduler.config)
+        if plan.cpu_offload:  # the fit ladder's offload rung: one component on the device at a time
+            pipe.enable_model_cpu_offload(device=plan.device)
+            return pipe
         return pipe.to(plan.device)
 
     def memory_mb(self) -> float:
-        # The weights as loaded, plus the largest image's activations (as estimated).
-        return self._weights_mb + self.plan.estimate().activations_mb
+        # The weights as loaded (under CPU offload: the largest component), plus the largest image's
+        # activations (as estimated).
+        estimate = self.plan.estimate()
+        return (estimate.weights_mb if self.plan.cpu_offload else self._weights_mb) + estimate.activations_mb
 
     def stats(self) -> dict[str, Any]:
         return {"images_generated": self._images, "steps_run": self._steps, "cancelled": self._cancelled}
+
+    def park(self, dest: Path) -> int:
+        """Write the pipeline as loaded (its dtype and scheduler; a single-file checkpoint already
+        converted) as a diffusers directory a fresh worker loads without the original files."""
+        with self._lock:
+            self.pipe.save_pretrained(dest, safe_serialization=True)
+        return bundle.size_of(dest)
 
     def close(self) -> None:
         self.pipe = None

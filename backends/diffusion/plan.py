@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -13,6 +14,8 @@ from backends.plan import MIB, LoadPlan, MemoryEstimate
 @dataclass(frozen=True, kw_only=True)
 class DiffusionPlan(LoadPlan):
     adapter: ClassVar[str] = "backends.diffusion.adapter:DiffusionAdapter"
+    # Parked as a diffusers directory of the loaded pipeline (its dtype, its scheduler) on tmpfs.
+    park_form: ClassVar[str] = "bundle"
 
     path: Path
     pipeline: Literal["auto", "sd", "sdxl"]
@@ -26,11 +29,33 @@ class DiffusionPlan(LoadPlan):
     weight_files: tuple[Path, ...]  # the components the pipeline loads
     largest_pixels: int
     unet_width: int  # the UNet's first block width, which activations scale with
+    # The fit ladder's offload rung: diffusers' model CPU offload keeps each component in RAM and
+    # moves it to the GPU only while it runs, so the device holds the largest one at a time.
+    cpu_offload: bool = False
 
     def estimate(self) -> MemoryEstimate:
-        weights = safetensors.bytes_at(self.weight_files, self.element_bytes) / MIB
-        return MemoryEstimate(weights_mb=weights, activations_mb=self.activations_mb(self.largest_pixels),
-                              runtime_mb=self.runtime_mb)
+        activations = self.activations_mb(self.largest_pixels)
+        if not self.cpu_offload:
+            weights = safetensors.bytes_at(self.weight_files, self.element_bytes) / MIB
+            return MemoryEstimate(weights_mb=weights, activations_mb=activations, runtime_mb=self.runtime_mb)
+        parts = self.component_mb()
+        largest = max(parts.values(), default=0.0)
+        return MemoryEstimate(weights_mb=largest, activations_mb=activations, runtime_mb=self.runtime_mb,
+                              host_mb=sum(parts.values()) - largest)
+
+    def component_mb(self) -> dict[str, float]:
+        """Weights per pipeline component (its directory), as loaded."""
+        parts: dict[str, float] = {}
+        for file in self.weight_files:
+            parts[file.parent.name] = parts.get(file.parent.name, 0.0) + safetensors.bytes_at([file], self.element_bytes) / MIB
+        return parts
+
+    def parallel(self) -> int | None:
+        return 1  # one denoising loop at a time
+
+    def from_warm(self, location: Path) -> DiffusionPlan:
+        return dataclasses.replace(self, path=location, config=None, source="ram",
+                                   weight_files=tuple(sorted(location.glob("*/*.safetensors"))))
 
     @property
     def element_bytes(self) -> int:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backends.capability import Capability
 from backends.diffusion.plan import DiffusionPlan
-from backends.plan import Device
-from backends.spec import BaseSpec, pick_device
+from backends.plan import Device, LoadPlan
+from backends.spec import BaseSpec, Rung, pick_device
 
 _SIZE = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
 
@@ -92,6 +93,8 @@ class DiffusionSpec(BaseSpec):
     path: Path = Field(description="A diffusers directory (model_index.json) or one .safetensors checkpoint.")
     options: DiffusionOptions = DiffusionOptions()
 
+    supported_fit: ClassVar[frozenset[str]] = frozenset({"offload", "cpu"})
+
     @property
     def capabilities(self) -> frozenset[Capability]:
         return frozenset({Capability.IMAGE})
@@ -108,6 +111,15 @@ class DiffusionSpec(BaseSpec):
             safety_checker=o.safety_checker, default_steps=o.default_steps, max_steps=o.max_steps,
             default_guidance=o.default_guidance, weight_files=tuple(self._weight_files()),
             largest_pixels=o.largest_pixels(), unet_width=self._unet_width())
+
+    def fitted(self, plan: LoadPlan, rung: Rung, room_mb: float, device: Device) -> LoadPlan | None:
+        if rung == "offload":
+            on_gpu = isinstance(plan, DiffusionPlan) and plan.device == "cuda" and not plan.cpu_offload
+            return dataclasses.replace(plan, cpu_offload=True) if on_gpu else None
+        return super().fitted(plan, rung, room_mb, device)
+
+    def rung_detail(self, rung: str, plan: LoadPlan) -> str:
+        return "model_cpu_offload" if rung == "offload" else super().rung_detail(rung, plan)
 
     def _weight_files(self) -> list[Path]:
         """The component weights the pipeline loads (the safety checker only when it runs)."""

@@ -16,6 +16,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from backends import text
@@ -51,21 +52,40 @@ class FakeAdapter:
         if self.plan.hang_load:
             while True:
                 time.sleep(3600)
-        time.sleep(self.plan.load_seconds)
-        if self.plan.fail_load:
-            raise RuntimeError(self.plan.fail_load)
-        marker = self.plan.fail_load_while_exists
-        if marker and os.path.exists(marker):
-            raise RuntimeError(f"weights unreadable ({os.path.basename(marker)} present)")
+        if self.plan.source == "ram":
+            self._resume()
+        else:
+            time.sleep(self.plan.load_seconds)
+            if self.plan.fail_load:
+                raise RuntimeError(self.plan.fail_load)
+            marker = self.plan.fail_load_while_exists
+            if marker and os.path.exists(marker):  # the "weights" on disk are unreadable
+                raise RuntimeError(f"weights unreadable ({os.path.basename(marker)} present)")
         if self.plan.allocate:
             # Touch every page so the worker's resident memory is really this large.
             self._ballast = bytes(bytearray(b"\x01") * (self.plan.memory_mb * 1024 * 1024))
 
+    def _resume(self) -> None:
+        """Load from the warm tier: the manifest park() wrote, never the disk."""
+        manifest = json.loads((Path(self.plan.warm_path or "") / "manifest.json").read_text())
+        if manifest["model_id"] != self.plan.model_id:
+            raise RuntimeError(f"the warm copy holds {manifest['model_id']}, not {self.plan.model_id}")
+        time.sleep(self.plan.resume_seconds)
+
     def memory_mb(self) -> float:
-        return float(self.plan.memory_mb)
+        return self.plan.estimate().model_mb
 
     def stats(self) -> dict[str, Any]:
-        return {"tokens_generated": self._tokens_generated}
+        return {"tokens_generated": self._tokens_generated, "n_ctx": self.context, "source": self.plan.source}
+
+    def park(self, dest: Path) -> int:
+        """Write the warm copy: a manifest standing for weights of the simulated size."""
+        time.sleep(self.plan.park_seconds)
+        if self.plan.fail_park:
+            raise RuntimeError(self.plan.fail_park)
+        (dest / "manifest.json").write_text(json.dumps({"model_id": self.plan.model_id,
+                                                         "memory_mb": self.plan.memory_mb}))
+        return self.plan.memory_mb * 1024 * 1024
 
     def close(self) -> None:
         self._ballast = b""
@@ -121,7 +141,7 @@ class FakeAdapter:
                 break
             if self.plan.crash_after_tokens is not None and produced >= self.plan.crash_after_tokens:
                 os.abort()  # what a native engine failure looks like to the server
-            if self._wait(cancel):
+            if self._wait(cancel, produced):
                 finish = "cancelled"
                 break
             produced += 1
@@ -139,10 +159,10 @@ class FakeAdapter:
                               "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": produced}}
         return result
 
-    def _wait(self, cancel: Cancel) -> bool:
+    def _wait(self, cancel: Cancel, produced: int) -> bool:
         """The simulated time a token takes (or forever); whether the client left meanwhile."""
-        while self.plan.hang_generation:
-            time.sleep(3600)
+        while self.plan.hang_generation or produced == self.plan.hang_after_tokens:
+            time.sleep(3600)  # an engine stuck in native code: the worker's heartbeat goes on
         if self.plan.token_latency_s:
             time.sleep(self.plan.token_latency_s)
         return bool(cancel)

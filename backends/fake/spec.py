@@ -23,8 +23,14 @@ class FakeOptions(BaseModel):
     crash_after_tokens: int | None = Field(None, ge=0)
     hang_load: bool = False
     hang_generation: bool = False
+    hang_after_tokens: int | None = Field(None, ge=0, description="Wedge (heartbeat alive) after this many tokens.")
     context_length: int = Field(4096, ge=16)
     allocate: bool = Field(False, description="Really allocate memory_mb (measured memory is real).")
+    resume_seconds: float = Field(0.0, ge=0, le=3600, description="Load time from the warm tier.")
+    park_seconds: float = Field(0.0, ge=0, le=3600, description="Time to park (write the warm copy).")
+    fail_park: str | None = Field(None, description="Parking fails with this message.")
+    kv_mb_per_1k: float = Field(0.0, ge=0, description="Simulated KV cache per 1000 tokens of context.")
+    slots: int | None = Field(None, ge=1, description="Requests served at once (none: no limit).")
 
 
 class FakeSpec(BaseSpec):
@@ -37,5 +43,8 @@ class FakeSpec(BaseSpec):
 
     def resolve(self, device: Device) -> FakePlan:
         context = self.context_length or self.options.context_length
-        return FakePlan(**self.base_plan(device, context_length=context),
+        # The fake honours a suffix (its answers are scripted), so it reports fill-in-the-middle.
+        return FakePlan(**self.base_plan(device, context_length=context,
+                                         max_context_length=max(context, self.options.context_length)),
+                        fim=True,
                         **self.options.model_dump(exclude={"context_length"}))

@@ -15,7 +15,7 @@ import queue
 import threading
 from typing import Any
 
-from backends import text
+from backends import text, tools
 from backends.contract import (
     Cancel,
     ChatParams,
@@ -32,7 +32,10 @@ from backends.gguf.file import GgufFile
 from backends.gguf.plan import GgufPlan
 from backends.gguf.scheduler import Scheduler, Sequence
 from backends.gguf.stream import TokenStream, Vocab
+from backends.gguf.tokenizer import PromptTokenizer
+from backends.guidance import Constraint, llama_tokenizer
 from backends.plan import MIB
+from backends.tools import ToolConstraint
 
 _RANDOM_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
 _PENALTY_WINDOW = 64
@@ -67,11 +70,13 @@ class GgufAdapter:
         self._counters = {"tokens_generated": 0, "peak_sequences": 0}
         self.scheduler = None if plan.pooled else self._batching_scheduler(plan.n_parallel)
         self.vocab = Vocab(llama_cpp, self.llama, spm=self.file.metadata.get("tokenizer.ggml.model") == "llama")
+        self.tokenizer = PromptTokenizer(llama_cpp, self.llama)
         self._template_source = plan.chat_template or self.file.chat_template
         self._template: text.ChatTemplate | None = None
         self._lock = threading.Lock()
         self._prompt_tokens = 0
         self._requests = 0
+        self._lltokenizer = None  # the vocabulary as llguidance sees it, built for the first schema
 
     # ---- the Adapter protocol ------------------------------------------------------------------
 
@@ -112,7 +117,7 @@ class GgufAdapter:
         self._text_model()
         prompt = self._chat_prompt(params.messages, params.tools)
         add_bos = self.vocab.adds_bos and not prompt.startswith(self.vocab.text(self.vocab.bos))
-        tokens = self.llama.tokenize(prompt.encode(), add_bos=add_bos, special=True)
+        tokens = self._tokenize(prompt, add_bos, cancel, "messages")
         top = params.top_logprobs if params.logprobs else None
         return (yield from self._generate(tokens, params, cancel, top=top, param="messages"))
 
@@ -125,9 +130,9 @@ class GgufAdapter:
             tokens = text.check_token_ids(params.prompt_tokens, self.vocab.n_vocab, "prompt")
             prompt = self.llama.detokenize(tokens, special=True).decode("utf-8", errors="replace")
         elif params.suffix is not None:
-            tokens = self._fim_tokens(params.prompt, params.suffix)
+            tokens = self._fim_tokens(params.prompt, params.suffix, cancel)
         else:
-            tokens = self.llama.tokenize(params.prompt.encode(), add_bos=self.vocab.adds_bos, special=True)
+            tokens = self._tokenize(params.prompt, self.vocab.adds_bos, cancel, "prompt")
         echo = prompt if params.echo else None
         return (yield from self._generate(tokens, params, cancel, top=params.logprobs, param="prompt", echo=echo))
 
@@ -139,14 +144,15 @@ class GgufAdapter:
             sequences = [text.check_token_ids(ids, self.vocab.n_vocab, "input", f"input[{i}]")
                          for i, ids in enumerate(params.token_inputs)]
         else:
-            sequences = [self._pooled_tokens(item) for item in params.inputs]
+            # Outside the lock (a long input holds up no one else), each refused by its bytes first.
+            sequences = [self._pooled_tokens(item, i) for i, item in enumerate(params.inputs)]
         for i, sequence in enumerate(sequences):
             text.check_context(len(sequence), self.n_ctx, "input", what=f"input {i}", room=0)
-        with self._lock:
+        with cancel.holding(self._lock):
             vectors = self._pooled(sequences, self.llama.n_embd(), normalize=True)
-        count = sum(map(len, sequences))
-        self._prompt_tokens += count
-        self._requests += 1
+            count = sum(map(len, sequences))
+            self._prompt_tokens += count
+            self._requests += 1
         return {"embeddings": vectors, "usage": {"prompt_tokens": count}}
 
     def rerank(self, params: RerankParams, cancel: Cancel) -> Chunks:
@@ -159,20 +165,23 @@ class GgufAdapter:
         head = [self.vocab.bos] if self.vocab.adds_bos else []
         tail = [lc.llama_vocab_eos(vocab)] if lc.llama_vocab_get_add_eos(vocab) else []
         sep = [lc.llama_vocab_sep(vocab)] if lc.llama_vocab_get_add_sep(vocab) else []
+        text.check_bytes(params.query, self.n_ctx, self.tokenizer.longest_token_bytes, "query", "the query")
         prefix = [*head, *self.llama.tokenize(params.query.encode(), add_bos=False, special=False), *tail, *sep]
         text.check_context(len(prefix) + len(tail), self.n_ctx, "query", what="the query", room=8)
         room = self.n_ctx - len(prefix) - len(tail)  # documents are cut to what the context leaves
-        sequences = [[*prefix, *self.llama.tokenize(doc.encode(), add_bos=False, special=False)[:room], *tail]
+        cut = max(room, 0) * self.tokenizer.longest_token_bytes  # no more text than `room` tokens can hold
+        sequences = [[*prefix, *self.llama.tokenize(doc[:cut].encode(), add_bos=False, special=False)[:room], *tail]
                      for doc in params.documents]
-        with self._lock:
+        with cancel.holding(self._lock):
             outputs = self._pooled(sequences, max(lc.llama_model_n_cls_out(self.llama._model.model), 1))
         # The head's first output is the relevance logit (bge-reranker style): as a probability, like HF's.
         scores = [1.0 / (1.0 + math.exp(-row[0])) for row in outputs]
         self._requests += 1
         return {"scores": scores, "usage": {"prompt_tokens": sum(map(len, sequences))}}
 
-    def _pooled_tokens(self, item: str) -> list[int]:
+    def _pooled_tokens(self, item: str, index: int) -> list[int]:
         # As llama-cpp-python's embed() tokenizes: the vocabulary's own special tokens, text as text.
+        text.check_bytes(item, self.n_ctx, self.tokenizer.longest_token_bytes, "input", f"input {index}")
         return self.llama.tokenize(item.encode(), add_bos=True, special=False)
 
     def _pooled(self, sequences: list[list[int]], width: int, normalize: bool = False) -> list[list[float]]:
@@ -238,7 +247,16 @@ class GgufAdapter:
             self._template = text.ChatTemplate(self._template_source)
         return self._template
 
-    def _fim_tokens(self, prefix: str, suffix: str) -> list[int]:
+    def _tokenize(self, prompt: str, add_bos: bool, cancel: Cancel, param: str, what: str = "the prompt",
+                  room: int = 1) -> list[int]:
+        """Refused by its length in bytes before any work, else tokenized a window at a time
+        (stopping once past the context, or when the client leaves) and refused by its count."""
+        text.check_bytes(prompt, self.n_ctx, self.tokenizer.longest_token_bytes, param, what)
+        tokens = self.tokenizer.tokenize(prompt, add_special=add_bos, cancel=cancel, limit=self.n_ctx)
+        text.check_context(len(tokens), self.n_ctx, param, what, room)
+        return tokens
+
+    def _fim_tokens(self, prefix: str, suffix: str, cancel: Cancel) -> list[int]:
         # Only the metadata counts: llama.cpp also guesses FIM tokens from token names, which a
         # model not trained for infill may merely contain.
         fim = self.file.fim_tokens()
@@ -246,8 +264,8 @@ class GgufAdapter:
             raise text.no_fill_in_the_middle(self.model_id)
         pre, suf, mid = fim
         head = [self.vocab.bos] if self.vocab.adds_bos else []
-        prefix_tokens = self.llama.tokenize(prefix.encode(), add_bos=False, special=True)
-        suffix_tokens = self.llama.tokenize(suffix.encode(), add_bos=False, special=True)
+        prefix_tokens = self._tokenize(prefix, False, cancel, "prompt")
+        suffix_tokens = self._tokenize(suffix, False, cancel, "suffix")
         return [*head, pre, *prefix_tokens, suf, *suffix_tokens, mid]
 
     # ---- decoding ------------------------------------------------------------------------------
@@ -256,15 +274,16 @@ class GgufAdapter:
                   param: str, echo: str | None = None) -> Chunks:
         text.check_context(len(tokens), self.n_ctx, param)
         bias = text.logit_bias(params.logit_bias, self.vocab.n_vocab)
-        grammar = self._grammar(params.response_format)
+        constraint = self._constraint(params)
         budget = self.n_ctx - len(tokens)
         if params.max_tokens is not None:
             budget = min(budget, params.max_tokens)
         self._requests += 1
         self._prompt_tokens += len(tokens)
         stream = TokenStream(self.vocab, tokens, params.stop, top, echo)
-        sampler = self._sampler(params, bias, grammar)
-        seq = Sequence(tokens, sampler, budget, stream, cancel, prompt_logits=echo is not None and top is not None)
+        sampler = self._sampler(params, bias)
+        seq = Sequence(tokens, sampler, budget, stream, cancel, prompt_logits=echo is not None and top is not None,
+                       constraint=constraint)
         ended = False
         try:
             if echo is not None and top is None:
@@ -290,7 +309,7 @@ class GgufAdapter:
                     return  # the scheduler is gone (shutdown); leave the sampler to the process exit
             sampler.close()
 
-    def _sampler(self, params: SamplingParams, bias: dict[int, float], grammar):
+    def _sampler(self, params: SamplingParams, bias: dict[int, float]):
         from llama_cpp import _internals
 
         sampler = _internals.LlamaSampler()
@@ -299,8 +318,6 @@ class GgufAdapter:
         if params.presence_penalty or params.frequency_penalty:
             sampler.add_penalties(self.vocab.n_vocab, _PENALTY_WINDOW, 1.0, params.frequency_penalty,
                                   params.presence_penalty)
-        if grammar is not None:
-            sampler.add_grammar(self.llama._model, grammar)
         if params.temperature == 0:
             sampler.add_greedy()
         else:
@@ -311,20 +328,11 @@ class GgufAdapter:
             sampler.add_dist(seed)
         return sampler
 
-    def _grammar(self, response_format: dict[str, Any] | None):
-        schema = text.json_schema(response_format)
-        if schema is None:
-            return None
-        from llama_cpp import LlamaGrammar
+    def _constraint(self, params: SamplingParams) -> Constraint | ToolConstraint | None:
+        return tools.constraint_for(params, self._llguidance_vocab, self.vocab.n_vocab,
+                                    lambda token: self.vocab.piece(token, special=True), self._template_source or "")
 
-        from backends.gguf.grammar import json_schema_to_gbnf
-
-        try:
-            gbnf = json_schema_to_gbnf(schema)
-            # llama-cpp-python's converter lets raw control characters into strings, which strict
-            # JSON parsers (Python's json, JavaScript) reject; llama.cpp's own converter excludes them.
-            gbnf = gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
-            return LlamaGrammar.from_string(gbnf, verbose=False)
-        except Exception as exc:
-            raise InvalidInput(f"the JSON schema cannot be turned into a grammar: {exc}",
-                               param="response_format") from None
+    def _llguidance_vocab(self):
+        if self._lltokenizer is None:  # once per model: ~150 ms for a 32k vocabulary
+            self._lltokenizer = llama_tokenizer(self._lc, self.vocab.vocab, self.vocab.n_vocab)
+        return self._lltokenizer

@@ -16,10 +16,21 @@ class GgufFileError(ValueError):
 
 
 @dataclass(frozen=True)
+class TensorBytes:
+    """Where a GGUF's weights sit, as llama.cpp places them: per repeating block, the output layer
+    (output norm and head) and the input embeddings (which llama.cpp always keeps on the CPU)."""
+
+    layers: tuple[int, ...] = ()
+    output: int = 0
+    input: int = 0
+
+
+@dataclass(frozen=True)
 class GgufFile:
     path: Path
     size_bytes: int
     metadata: dict[str, Any]
+    tensors: TensorBytes = TensorBytes()
 
     @classmethod
     def read(cls, path: Path | str) -> GgufFile:
@@ -49,7 +60,7 @@ class GgufFile:
                 metadata[name] = field.contents()
             except Exception:
                 continue
-        return cls(path, size, metadata)
+        return cls(path, size, metadata, _tensor_bytes(reader.tensors))
 
     @property
     def architecture(self) -> str:
@@ -86,6 +97,26 @@ class GgufFile:
             if all(isinstance(i, int) and i >= 0 for i in ids):
                 return ids[0], ids[1], ids[2]
         return None
+
+
+def _tensor_bytes(tensors: Any) -> TensorBytes:
+    blocks: dict[int, int] = {}
+    output = embeddings = 0
+    has_head = False
+    for tensor in tensors:
+        name, size = tensor.name, int(tensor.n_bytes)
+        if name.startswith("blk."):
+            index = int(name.split(".")[1])
+            blocks[index] = blocks.get(index, 0) + size
+        elif name.startswith("token_embd"):
+            embeddings += size
+        else:  # output.weight, output_norm.weight and any other non-block tensor: the output layer
+            output += size
+            has_head = has_head or name == "output.weight"
+    if not has_head:
+        output += embeddings  # tied embeddings: llama.cpp duplicates them onto the output layer's device
+    layers = tuple(blocks.get(i, 0) for i in range(max(blocks) + 1)) if blocks else ()
+    return TensorBytes(layers, output, embeddings)
 
 
 def _first(value: Any) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -14,10 +15,13 @@ BUFFERS_MB = 48  # llama.cpp's compute and output buffers for a small model, rou
 @dataclass(frozen=True, kw_only=True)
 class GgufPlan(LoadPlan):
     adapter: ClassVar[str] = "backends.gguf.adapter:GgufAdapter"
+    # llama.cpp mmaps the weights, so the page cache is their warm tier: a parked GGUF stays
+    # resident there and a new worker maps the same pages (no read, no conversion).
+    park_form: ClassVar[str] = "files"
 
     path: Path
     context_length: int  # n_ctx: the one KV pool every parallel sequence shares
-    n_gpu_layers: int
+    n_gpu_layers: int  # -1: all; k: the output layer and the last k-1 blocks (llama.cpp's order)
     n_threads: int  # single-token decode steps
     n_threads_batch: int  # prompts and batched steps
     n_parallel: int
@@ -26,6 +30,9 @@ class GgufPlan(LoadPlan):
     rerank: bool  # scores (query, document) pairs with the file's classification head
     file_bytes: int
     kv_bytes_per_token: int  # 0 when the file could not be read
+    layer_bytes: tuple[int, ...] = ()  # per repeating block, from the file's tensors
+    output_bytes: int = 0  # output norm and head (the input embeddings when they are tied)
+    input_bytes: int = 0  # token embeddings: llama.cpp keeps them on the CPU
 
     @property
     def pooled(self) -> bool:
@@ -34,5 +41,39 @@ class GgufPlan(LoadPlan):
 
     def estimate(self) -> MemoryEstimate:
         kv = 0 if self.pooled else self.kv_bytes_per_token * self.context_length
-        return MemoryEstimate(weights_mb=self.file_bytes / MIB, kv_cache_mb=kv / MIB, buffers_mb=BUFFERS_MB,
-                              runtime_mb=self.runtime_mb)
+        if self.device == "cpu":
+            return MemoryEstimate(weights_mb=self.file_bytes / MIB, kv_cache_mb=kv / MIB, buffers_mb=BUFFERS_MB,
+                                  runtime_mb=self.runtime_mb)
+        blocks = len(self.layer_bytes)
+        if blocks and 0 <= self.n_gpu_layers <= blocks:  # partial offload: the rest stays in RAM
+            on_gpu = max(self.n_gpu_layers - 1, 0)
+            weights = sum(self.layer_bytes[blocks - on_gpu:]) + (self.output_bytes if self.n_gpu_layers else 0)
+            kv_gpu = kv * on_gpu / blocks
+        else:
+            weights = self.file_bytes - self.input_bytes
+            kv_gpu = kv
+        host = self.file_bytes - weights + kv - kv_gpu
+        return MemoryEstimate(weights_mb=weights / MIB, kv_cache_mb=kv_gpu / MIB, buffers_mb=BUFFERS_MB,
+                              runtime_mb=self.runtime_mb, host_mb=host / MIB)
+
+    def offload_split(self, room_mb: float) -> int | None:
+        """The most layers (llama.cpp's n_gpu_layers, output layer first) whose device part fits in
+        `room_mb`, short of all of them; None when not even the output layer fits."""
+        best = None
+        for layers in range(1, len(self.layer_bytes) + 1):
+            if dataclasses.replace(self, n_gpu_layers=layers).estimate().total_mb > room_mb:
+                break
+            best = layers
+        return best
+
+    def parallel(self) -> int | None:
+        return 1 if self.pooled else self.n_parallel  # embeddings and rerank run one call at a time, under a lock
+
+    def warm_files(self) -> tuple[Path, ...]:
+        return (self.path,)
+
+    def warm_mb(self) -> float:
+        return self.file_bytes / MIB
+
+    def from_warm(self, location: Path) -> GgufPlan:
+        return dataclasses.replace(self, path=location, source="ram")

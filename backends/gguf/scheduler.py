@@ -24,19 +24,24 @@ from typing import Any
 import numpy as np
 
 _IDLE_WAIT_S = 0.05  # how often an idle scheduler looks for cancelled waiters
+# Backpressure: a sequence whose reader has this many chunks unread is not decoded until it reads
+# (its client is slow or paused); it keeps its slot and cells meanwhile.
+_MAX_UNREAD = 32
 
 
 class Sequence:
     """One request's decoding state. The caller reads `events`: ("chunk", dict), ("end", dict) or
     ("error", exception)."""
 
-    def __init__(self, tokens: list[int], sampler, budget: int, stream, cancel, prompt_logits: bool = False):
+    def __init__(self, tokens: list[int], sampler, budget: int, stream, cancel, prompt_logits: bool = False,
+                 constraint=None):
         self.tokens = tokens
         self.sampler = sampler
         self.budget = budget
         self.stream = stream
         self.cancel = cancel
         self.prompt_logits = prompt_logits
+        self.constraint = constraint  # backends/guidance.py: masks the logits before each sample
         self.events: queue.Queue = queue.Queue()
         self.slot: int | None = None
         self.n_past = 0
@@ -98,7 +103,9 @@ class Scheduler:
                     self._cv.wait(_IDLE_WAIT_S)  # waiters that do not fit yet
                 continue
             try:
-                self._step()
+                if not self._step():
+                    with self._cv:
+                        self._cv.wait(_IDLE_WAIT_S)  # every running sequence waits for its reader
             except Exception as exc:  # the engine failed: fail what was running, keep serving
                 for seq in list(self._active):
                     self._fail(seq, exc)
@@ -164,7 +171,8 @@ class Scheduler:
         self._lc.llama_memory_seq_rm(self._memory, slot, -1, -1)
         self._slots[slot] = []
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One llama_decode over every running sequence; False when none could go on."""
         batch = self._batch.batch
         n = 0
         outputs: list[tuple[Sequence, int, int]] = []  # (sequence, first batch index, count)
@@ -177,6 +185,8 @@ class Scheduler:
             room = self._n_batch - n
             if room <= 0:
                 break
+            if not seq.in_prompt and seq.events.qsize() >= _MAX_UNREAD:
+                continue
             take = seq.pending[:room]
             if not take:
                 continue
@@ -194,7 +204,7 @@ class Scheduler:
             del seq.pending[: len(take)]
             outputs.append((seq, start, len(take)))
         if n == 0:
-            return
+            return False
         batch.n_tokens = n
         self._counters["peak_sequences"] = max(self._counters.get("peak_sequences", 0), len(outputs))
         code = self._lc.llama_decode(self._ctx.ctx, batch)
@@ -211,18 +221,35 @@ class Scheduler:
                 if seq.prompt_logits:
                     self._put_chunk(seq, seq.stream.prompt_done())
             self._sample(seq, start + count - 1)
+        return True
 
     def _sample(self, seq: Sequence, index: int) -> None:
         if seq.cancel:
             self._finish(seq, "cancelled")
             return
         logits = self._logits(index) if seq.stream.wants_logits else None
+        if seq.constraint is not None:
+            row = self._logits(index)
+            logits = None if logits is None else logits.copy()  # logprobs are the model's, before the mask
+            try:
+                seq.constraint.mask(row)  # in llama.cpp's own buffer: the sampler chain reads it next
+            except RuntimeError as exc:
+                self._fail(seq, exc)
+                return
         token = self._lc.llama_sampler_sample(seq.sampler.sampler, self._ctx.ctx, index)
+        if seq.constraint is not None:
+            try:
+                seq.constraint.accept(token)
+            except RuntimeError as exc:
+                self._fail(seq, exc)
+                return
         reason, chunk, counted = seq.stream.emit(token, logits)
         self._put_chunk(seq, chunk)
         if counted:
             seq.produced += 1
             self._counters["tokens_generated"] += 1
+        if reason is None and seq.constraint is not None and seq.constraint.finished:
+            reason = "stop"
         if reason is None and seq.produced >= seq.budget:
             reason = "length"
         if reason is not None:

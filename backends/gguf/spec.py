@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from backends import tools
 from backends.capability import Capability
 from backends.gguf.file import GgufFile, GgufFileError
 from backends.gguf.plan import GgufPlan
-from backends.plan import Device
-from backends.spec import BaseSpec
+from backends.plan import Device, LoadPlan
+from backends.spec import BaseSpec, Rung
+from backends.tools import ToolFormatOption
 
 DEFAULT_CONTEXT = 4096  # long-context files would otherwise reserve GiBs of cache no local request uses
 
@@ -27,6 +30,7 @@ class GgufOptions(BaseModel):
     n_threads: int | None = Field(None, ge=1, le=512, description="Also used for prompts and batched steps.")
     n_parallel: int = Field(4, ge=1, le=64, description="Requests decoded together in one batch (shared KV pool).")
     chat_template: str | None = Field(None, max_length=200_000, description="Overrides the GGUF's template.")
+    tool_format: ToolFormatOption = Field("auto", description="Tool-call syntax; auto: the one the template teaches.")
     embedding: bool = Field(False, description="Serve /v1/embeddings (pooled) instead of text generation.")
     rerank: bool = Field(False, description="Serve /v1/rerank with the file's classification head (rank pooling).")
 
@@ -41,6 +45,10 @@ class GgufSpec(BaseSpec):
     backend: Literal["gguf"]
     path: Path
     options: GgufOptions = GgufOptions()
+
+    supported_fit: ClassVar[frozenset[str]] = frozenset({"context", "offload", "cpu"})
+    # What users do by hand for a 13B+ GGUF on a 12 GB card, on by default (llama.cpp's --fit too).
+    default_fit: ClassVar[tuple[Rung, ...]] = ("context", "offload", "cpu")
 
     @property
     def capabilities(self) -> frozenset[Capability]:
@@ -66,11 +74,30 @@ class GgufSpec(BaseSpec):
         cores = os.cpu_count() or 1
         size = info.size_bytes if info else (self.path.stat().st_size if self.path.exists() else 0)
         return GgufPlan(
-            **self.base_plan(device, context_length=n_ctx, on="cuda" if device.kind == "cuda" and layers else "cpu"),
+            **self.base_plan(device, context_length=n_ctx, on="cuda" if device.kind == "cuda" and layers else "cpu",
+                             max_context_length=max(trained, n_ctx)),
+            tool_format=None if self.options.embedding or self.options.rerank else tools.chosen(
+                self.options.tool_format, self.options.chat_template or (info.chat_template if info else None)),
+            fim=bool(info and not self.options.embedding and not self.options.rerank and info.fim_tokens()),
             path=self.path, n_gpu_layers=layers,
             # Unset, llama-cpp-python's defaults: half the cores per token, every core per batch. Set,
             # batches follow it (all cores stalled batched steps 100x on a busy machine).
             n_threads=self.options.n_threads or max(cores // 2, 1), n_threads_batch=self.options.n_threads or cores,
             n_parallel=self.options.n_parallel, chat_template=self.options.chat_template,
             embedding=self.options.embedding, rerank=self.options.rerank, file_bytes=size,
-            kv_bytes_per_token=info.kv_cache_bytes(1) if info else 0)
+            kv_bytes_per_token=info.kv_cache_bytes(1) if info else 0,
+            layer_bytes=info.tensors.layers if info else (), output_bytes=info.tensors.output if info else 0,
+            input_bytes=info.tensors.input if info else 0)
+
+    def fitted(self, plan: LoadPlan, rung: Rung, room_mb: float, device: Device) -> LoadPlan | None:
+        if rung != "offload":
+            return super().fitted(plan, rung, room_mb, device)
+        if not isinstance(plan, GgufPlan) or plan.device != "cuda":
+            return None
+        layers = plan.offload_split(room_mb)
+        return None if layers is None else dataclasses.replace(plan, n_gpu_layers=layers)
+
+    def rung_detail(self, rung: str, plan: LoadPlan) -> str:
+        if rung == "offload" and isinstance(plan, GgufPlan):
+            return f"n_gpu_layers={plan.n_gpu_layers}/{len(plan.layer_bytes) + 1}"
+        return super().rung_detail(rung, plan)

@@ -11,15 +11,14 @@ quantization and context come decided in the plan (spec.py).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import os
 import threading
-from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from backends import text
+from backends import bundle, text
 from backends.contract import (
     Cancel,
     ChatParams,
@@ -27,12 +26,12 @@ from backends.contract import (
     CompletionParams,
     DetokenizeParams,
     EmbeddingParams,
-    ErrorCode,
     InvalidInput,
     TextChunk,
     TokenizeParams,
     TokenLogprob,
 )
+from backends.hf.decode import make_decoder
 from backends.hf.guidance import Guidance
 from backends.hf.plan import HfPlan
 from backends.hf.tokens import Detokenizer, fim_tokens, token_bytes
@@ -70,10 +69,16 @@ class HfTextAdapter:
         self.template = text.ChatTemplate(plan.chat_template or self.tokenizer.chat_template)
         self.fim = fim_tokens(self.tokenizer)
         self.guidance = Guidance(self.tokenizer, self.vocab, self.eos_ids)
+        # No token spells more bytes than its vocabulary entry (byte-level BPE and SentencePiece
+        # entries are longer than their text): prompts longer than the context x this are refused
+        # before tokenizing.
+        self.longest_token_bytes = max(len(t.encode("utf-8")) for t in self.tokenizer.get_vocab())
         accepted = inspect.signature(self.model.forward).parameters
         self._keep_arg = "logits_to_keep" in accepted
         # transformers 5.2x renamed past_key_values to cache (the old name warns)
         self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
+        self.decoder = make_decoder(plan.decode, torch, self.model, self._cache_arg, self._keep_arg,
+                                    self.context) if plan.causal else None
         self._lock = threading.Lock()  # one request at a time: the model and its cache are not shared
         self._tokens_generated = 0
         self._requests = 0
@@ -109,7 +114,26 @@ class HfTextAdapter:
     def stats(self) -> dict[str, Any]:
         return {"tokens_generated": self._tokens_generated, "requests": self._requests,
                 "weights_bytes": self.model.get_memory_footprint(), "dtype": self.plan.dtype,
-                "quantization": self.plan.quantization, "device": self.plan.device, "context_length": self.context}
+                "quantization": self.plan.quantization, "device": self.plan.device, "context_length": self.context,
+                "decode": self._decode_kind()}
+
+    def _decode_kind(self) -> str | None:
+        """The decode path in use (cuda-graphs falls back to static when it cannot compile)."""
+        if self.decoder is None:
+            return None
+        graphs = getattr(self.decoder, "graphs", False)
+        return "cuda-graphs" if graphs else self.plan.decode if self.plan.decode != "cuda-graphs" else "static"
+
+    def park(self, dest: Path) -> int:
+        """Write the model as loaded (bitsandbytes weights stay quantized) with its tokenizer, as a
+        directory a fresh worker loads without the original files. GPTQ weights are stored
+        quantized already, so their files are copied as they are."""
+        with self._lock:
+            if self.plan.quantization == "gptq":
+                return bundle.copy_files(self.plan.path, dest)
+            self.model.save_pretrained(dest, safe_serialization=True)
+            self.tokenizer.save_pretrained(dest)
+        return bundle.size_of(dest)
 
     def close(self) -> None:
         self.model = None
@@ -119,6 +143,7 @@ class HfTextAdapter:
     def chat(self, params: ChatParams, cancel: Cancel) -> Chunks:
         self._need_causal()
         prompt = self.render(params.messages, params.tools)
+        text.check_bytes(prompt, self.context, self.longest_token_bytes, "messages")
         ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
         top = params.top_logprobs if params.logprobs else None
         return (yield from self._generate(ids, params, cancel, top, "messages"))
@@ -136,6 +161,7 @@ class HfTextAdapter:
                 raise text.no_fill_in_the_middle(self.model_id)
             prefix_tok, suffix_tok, middle_tok = self.fim
             prompt = f"{prefix_tok}{prompt}{suffix_tok}{params.suffix}{middle_tok}"
+        text.check_bytes(prompt, self.context, self.longest_token_bytes, "prompt")
         ids = self.tokenizer(prompt).input_ids
         echo = params.echo and params.suffix is None
         return (yield from self._generate(ids, params, cancel, params.logprobs, "prompt", echo=echo))
@@ -148,6 +174,8 @@ class HfTextAdapter:
             encoded = [text.check_token_ids(ids, self.vocab, "input", f"input[{i}]")
                        for i, ids in enumerate(params.token_inputs)]
         else:
+            for i, item in enumerate(params.inputs):  # refused by size before tokenizing
+                text.check_bytes(item, self.context, self.longest_token_bytes, "input", what=f"input {i}")
             encoded = self.tokenizer(params.inputs).input_ids if params.inputs else []
         if not encoded:
             raise InvalidInput("input must not be empty", param="input")
@@ -160,7 +188,7 @@ class HfTextAdapter:
         self.tokenizer.padding_side = "right"
         vectors: list[list[float]] = []
         total = 0
-        with self._acquire(cancel):
+        with cancel.holding(self._lock):
             for start in range(0, len(encoded), 16):
                 if cancel:
                     break
@@ -205,24 +233,12 @@ class HfTextAdapter:
                    ("bos_token", "eos_token", "unk_token", "pad_token")}
         return self.template.render(messages, tools, **special)
 
-    @contextlib.contextmanager
-    def _acquire(self, cancel: Cancel) -> Iterator[None]:
-        """Hold the model for one request, giving up if the client leaves while waiting."""
-        while not self._lock.acquire(timeout=0.05):
-            if cancel:
-                raise InvalidInput("request cancelled while waiting for the model", code=ErrorCode.CANCELLED)
-        try:
-            yield
-        finally:
-            self._lock.release()
-
     def _generate(self, ids: list[int], params, cancel: Cancel, top: int | None, param: str,
                   echo: bool = False) -> Chunks:
         torch = self._torch
         text.check_context(len(ids), self.context, param)
         bias = self._bias(params.logit_bias)
-        schema = text.json_schema(params.response_format)
-        matcher = self.guidance.matcher(schema) if schema is not None else None
+        constraint = self.guidance.constraint(params, self.template.source)
         budget = self.context - len(ids)
         if params.max_tokens is not None:
             budget = min(budget, params.max_tokens)
@@ -232,7 +248,7 @@ class HfTextAdapter:
         detok = Detokenizer(self.tokenizer)
         pending: list[TokenLogprob] = []
         produced, finish, offset, hit = 0, "length", 0, False
-        with self._acquire(cancel):
+        with cancel.holding(self._lock):
             self._requests += 1
             if echo:
                 prompt_text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -242,13 +258,13 @@ class HfTextAdapter:
                     chunk["logprobs"] = self._prompt_logprobs(ids, top)
                 yield chunk
             counts = torch.zeros(self.vocab_rows(), dtype=torch.float32, device=self.model.device)
-            past = None
+            self.decoder.begin()
             step_input = torch.tensor([ids], device=self.model.device)
             while produced < budget:
                 if cancel:
                     finish = "cancelled"
                     break
-                logits, past = self._forward(step_input, past)
+                logits = self.decoder.step(step_input)
                 raw = logits
                 logits = logits.clone()
                 logits[self.vocab:] = -math.inf  # padded rows of the embedding are not tokens
@@ -256,14 +272,14 @@ class HfTextAdapter:
                     logits += bias
                 if params.presence_penalty or params.frequency_penalty:
                     logits -= params.presence_penalty * (counts > 0) + params.frequency_penalty * counts
-                if matcher is not None:
-                    self.guidance.mask(matcher, logits)
+                if constraint is not None:
+                    self.guidance.mask(constraint, logits)
                 token = self._sample(logits, params.temperature, params.top_p, generator)
                 produced += 1
                 self._tokens_generated += 1
                 counts[token] += 1
-                if matcher is not None:
-                    matcher.consume_token(token)
+                if constraint is not None:
+                    constraint.accept(token)
                 if token in self.eos_ids:
                     finish = "stop"
                     break
@@ -275,7 +291,7 @@ class HfTextAdapter:
                 if safe or (hit and pending):
                     yield self._chunk(safe, pending, top)
                     pending = []
-                if hit or (matcher is not None and matcher.is_stopped()):
+                if hit or (constraint is not None and constraint.finished):
                     finish = "stop"
                     break
                 step_input = torch.tensor([[token]], device=self.model.device)
@@ -291,13 +307,6 @@ class HfTextAdapter:
 
     def vocab_rows(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
-
-    def _forward(self, step_input, past):
-        extra = {"logits_to_keep": 1} if self._keep_arg else {}
-        with self._torch.inference_mode():
-            out = self.model(input_ids=step_input, use_cache=True, **{self._cache_arg: past}, **extra)
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        return out.logits[0, -1].float(), cache
 
     def _sample(self, logits, temperature: float, top_p: float, generator) -> int:
         torch = self._torch

@@ -1,11 +1,15 @@
-"""Constrained JSON output for Hugging Face models with llguidance: a token mask per step."""
+"""Constrained JSON output for Hugging Face models (backends/guidance.py): the tokenizer as llguidance
+sees it, and the mask applied to a torch logits row."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
-from backends.contract import InvalidInput
+from backends import tools
+from backends.contract import InvalidInput, SamplingParams
+from backends.guidance import Constraint
+from backends.hf.tokens import token_bytes
+from backends.tools import ToolConstraint
 
 
 class Guidance:
@@ -17,29 +21,28 @@ class Guidance:
         self._eos_ids = eos_ids
         self._compiled = None  # llguidance's view of the vocabulary, made on first use
 
-    def matcher(self, schema: dict[str, Any]):
+    def constraint(self, params: SamplingParams, template: str) -> Constraint | ToolConstraint | None:
+        """What holds this generation's output (backends/tools.py constraint_for)."""
+        return tools.constraint_for(params, self._vocabulary, self._n_vocab, self._token_bytes, template)
+
+    def _vocabulary(self):
         try:
-            import llguidance
             import llguidance.hf
         except ImportError:
-            raise InvalidInput("constrained JSON output needs the llguidance package on the server",
+            raise InvalidInput("constrained output needs the llguidance package on the server",
                                param="response_format") from None
         if self._compiled is None:
             self._compiled = llguidance.hf.from_tokenizer(self._tokenizer, n_vocab=self._n_vocab,
                                                           eos_token=sorted(self._eos_ids) or None)
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self._compiled)
-        if is_error:
-            raise InvalidInput(f"response_format schema is not usable: {messages[0]}", param="response_format")
-        return llguidance.LLMatcher(self._compiled, grammar, log_level=0)
+        return self._compiled
 
-    def mask(self, matcher, logits) -> None:
-        """Set every token the grammar forbids next to -inf, in place."""
+    def _token_bytes(self, token: int) -> bytes:
+        return token_bytes(self._tokenizer, token)
+
+    def mask(self, constraint: Constraint | ToolConstraint, logits) -> None:
+        """Set every token the constraint forbids next to -inf, in place (nothing while it waits)."""
         import torch
 
-        if matcher.is_error():
-            raise RuntimeError(f"constrained decoding failed: {matcher.get_error()}")
-        words = torch.frombuffer(bytearray(matcher.compute_bitmask()), dtype=torch.int32)
-        bits = (words.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
-        allowed = bits.flatten()[: self._n_vocab].to(torch.bool).to(logits.device)
-        logits[: self._n_vocab][~allowed] = -math.inf
+        allowed = constraint.allowed()
+        if allowed is not None:
+            logits[: self._n_vocab][~torch.from_numpy(allowed).to(logits.device)] = -math.inf

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -39,6 +40,9 @@ class Shape:
 @dataclass(frozen=True, kw_only=True)
 class HfPlan(LoadPlan):
     adapter: ClassVar[str] = "backends.hf.adapter:HfTextAdapter"
+    # Parked as the loaded form (quantized weights included) in safetensors on tmpfs: a new
+    # worker loads it without reading the disk or quantizing again.
+    park_form: ClassVar[str] = "bundle"
 
     path: Path
     context_length: int
@@ -52,6 +56,7 @@ class HfPlan(LoadPlan):
     embedding: bool  # serves pooled embeddings
     weights_bytes: float  # as they will sit in memory, from the safetensors headers
     shape: Shape
+    decode: Literal["dynamic", "static", "cuda-graphs"] = "dynamic"  # backends/hf/decode.py
 
     def estimate(self) -> MemoryEstimate:
         element = DTYPE_BYTES[self.dtype]
@@ -63,12 +68,21 @@ class HfPlan(LoadPlan):
         return MemoryEstimate(weights_mb=self.weights_bytes / MIB, kv_cache_mb=kv / MIB,
                               activations_mb=activations / MIB, buffers_mb=SLACK_MB, runtime_mb=self.runtime_mb)
 
+    def parallel(self) -> int | None:
+        return 1  # the adapter serves one request at a time (the model and its cache are not shared)
+
+    def warm_mb(self) -> float:
+        return self.weights_bytes / MIB
+
+    def from_warm(self, location: Path) -> HfPlan:
+        return dataclasses.replace(self, path=location, source="ram")
 
 @dataclass(frozen=True, kw_only=True)
 class HfRerankPlan(HfPlan):
     """A cross-encoder (a ...ForSequenceClassification checkpoint) that scores query-document pairs."""
 
     adapter: ClassVar[str] = "backends.hf.reranker:HfRerankAdapter"
+    park_form: ClassVar[str] = "none"  # dropped when evicted: a reranker is small and quick to load
     batch: int  # pairs read in one forward pass
 
     def estimate(self) -> MemoryEstimate:

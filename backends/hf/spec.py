@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backends import safetensors
+from backends import safetensors, tools
 from backends.capability import Capability
 from backends.hf.plan import DTYPE_BYTES, HfPlan, HfRerankPlan, Shape
+from backends.hf.tokens import fim_in_files, template_in_files
 from backends.plan import Device
 from backends.spec import BaseSpec, pick_device
+from backends.tools import ToolFormatOption
 
 DEFAULT_CONTEXT = 8192  # long-context models would otherwise reserve GiBs of cache no local request uses
 RERANK_BATCH = 16
@@ -32,8 +35,12 @@ class HfOptions(BaseModel):
     bnb_4bit_compute_dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     double_quant: bool = Field(False, description="bitsandbytes nested quantization of the 4-bit scales.")
     chat_template: str | None = Field(None, max_length=100_000, description="Overrides the tokenizer's template.")
+    tool_format: ToolFormatOption = Field("auto", description="Tool-call syntax; auto: the one the template teaches.")
     embedding: bool = Field(False, description="Also serve pooled embeddings (mean over the last hidden state).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    decode: Literal["auto", "dynamic", "static", "cuda-graphs"] = Field(
+        "auto", description="The decode loop's KV cache: auto is cuda-graphs for an unquantized model on a GPU, "
+        "static for a quantized one, dynamic on a CPU (backends/hf/decode.py).")
 
 
 class HfSpec(BaseSpec):
@@ -41,10 +48,10 @@ class HfSpec(BaseSpec):
     path: Path
     options: HfOptions = HfOptions()
 
-    @property
+    @functools.cached_property
     def capabilities(self) -> frozenset[Capability]:
         """Chat and completion for a causal LM (plus embeddings when asked); a cross-encoder reranks;
-        another encoder embeds."""
+        another encoder embeds. Read once: a parked model is still served when its files have since gone."""
         config = self._config()
         if _is_reranker(config):
             return frozenset({Capability.RERANK})
@@ -80,13 +87,27 @@ class HfSpec(BaseSpec):
         context = self.context_length or min(trained, DEFAULT_CONTEXT)
         plan, extra = (HfRerankPlan, {"batch": RERANK_BATCH}) if reranker else (HfPlan, {})
         return plan(
-            **self.base_plan(device, context_length=context, on=on), **extra, path=self.path, dtype=dtype,
+            **self.base_plan(device, context_length=context, on=on, max_context_length=max(trained, context)),
+            **extra, path=self.path, dtype=dtype, fim=causal and fim_in_files(self.path),
+            tool_format=tools.chosen(self.options.tool_format, self.options.chat_template or template_in_files(self.path))
+            if causal else None,
             quantization=quantization, bnb_4bit_quant_type=self.options.bnb_4bit_quant_type,
             bnb_4bit_compute_dtype=dtype if compute == "auto" else compute, double_quant=self.options.double_quant,
             chat_template=self.options.chat_template, causal=causal,
             embedding=self.options.embedding or not (causal or reranker),
             weights_bytes=_weights_bytes(sorted(self.path.glob("*.safetensors")), dtype, quantization),
-            shape=Shape.of(config))
+            shape=Shape.of(config), decode=_decode(self.options.decode, on, quantization))
+
+
+def _decode(wanted: str, on: str, quantization: str) -> str:
+    """models.yaml's `decode` against the device: CUDA graphs pay off only on a GPU, where per-token
+    overhead dominates; quantized kernels (bitsandbytes, GPTQ) are not all compilable, so they get the
+    static cache without graphs unless asked."""
+    if wanted != "auto":
+        return wanted
+    if on != "cuda":
+        return "dynamic"
+    return "cuda-graphs" if quantization == "none" else "static"
 
 
 def _is_causal(config: dict[str, Any]) -> bool:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 # Fill-in-the-middle token triples (prefix, suffix, middle) of the common code-model families.
 FIM_TOKENS = (
     ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder, DeepSeek-style
@@ -15,6 +18,42 @@ FIM_TOKENS = (
 def fim_tokens(tokenizer) -> tuple[str, str, str] | None:
     vocab = tokenizer.get_vocab()
     return next((triple for triple in FIM_TOKENS if all(t in vocab for t in triple)), None)
+
+
+def fim_in_files(path: Path) -> bool:
+    """Whether the checkpoint's tokenizer files hold a FIM triple, read without loading a tokenizer
+    (the server decides what /v1/models reports before any load)."""
+    names: set[str] = set()
+    try:
+        data = json.loads((path / "tokenizer.json").read_text())
+        names.update(t.get("content", "") for t in data.get("added_tokens", []))
+        vocab = (data.get("model") or {}).get("vocab")
+        names.update(vocab if isinstance(vocab, dict) else ())
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text())
+        names.update(t.get("content", "") for t in (config.get("added_tokens_decoder") or {}).values())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return any(all(t in names for t in triple) for triple in FIM_TOKENS)
+
+
+def template_in_files(path: Path) -> str | None:
+    """The checkpoint's default chat template, as transformers finds it: chat_template.jinja, else
+    tokenizer_config.json's `chat_template` (a string, or named templates with a "default")."""
+    try:
+        return (path / "chat_template.jinja").read_text()
+    except OSError:
+        pass
+    try:
+        template = json.loads((path / "tokenizer_config.json").read_text()).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
 
 
 class Detokenizer:

@@ -11,10 +11,12 @@ Audio arrives already decoded (16 kHz mono float32, in a file the server wrote);
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from backends import bundle
 from backends.contract import Cancel, Chunks, InvalidInput, Segment, TranscriptionParams, TranscriptionResult
 from backends.speech import clip
 from backends.whisper.plan import WhisperPlan
@@ -45,6 +47,11 @@ class WhisperAdapter:
     def stats(self) -> dict[str, Any]:
         return {"audio_seconds": round(self._seconds, 3), "transcriptions": self._requests,
                 "segments": self._segments}
+
+    def park(self, dest: Path) -> int:
+        """Copy the CTranslate2 directory: CTranslate2 can only load what is on a file system and
+        cannot save its converted weights, so the stored form is what waits in RAM."""
+        return bundle.copy_files(self.plan.path, dest)
 
     def close(self) -> None:
         self.model = None

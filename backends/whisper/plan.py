@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -16,6 +17,9 @@ BUFFERS_MB = 32
 @dataclass(frozen=True, kw_only=True)
 class WhisperPlan(LoadPlan):
     adapter: ClassVar[str] = "backends.whisper.adapter:WhisperAdapter"
+    # Parked as a copy of the CTranslate2 directory on tmpfs. CTranslate2 cannot save a model in
+    # its loaded compute type, so a resume converts again (cheap next to reading model.bin).
+    park_form: ClassVar[str] = "bundle"
 
     path: Path
     compute_type: str  # a CTranslate2 compute type, checked by the spec
@@ -29,3 +33,12 @@ class WhisperPlan(LoadPlan):
         # Encoder activations for a 30 s window and the decoder's beams grow with the model's width.
         return MemoryEstimate(weights_mb=weights, activations_mb=weights * 0.05 * self.beam_size,
                               buffers_mb=BUFFERS_MB, runtime_mb=self.runtime_mb)
+
+    def parallel(self) -> int | None:
+        return 1  # one decoding loop at a time
+
+    def warm_mb(self) -> float:
+        return self.model_bytes / MIB
+
+    def from_warm(self, location: Path) -> WhisperPlan:
+        return dataclasses.replace(self, path=location, source="ram")

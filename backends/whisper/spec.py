@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends.capability import Capability
-from backends.plan import Device
-from backends.spec import BaseSpec, pick_device
+from backends.plan import Device, LoadPlan
+from backends.spec import BaseSpec, Rung, pick_device
 from backends.whisper.plan import WhisperPlan
 
 ComputeType = Literal["default", "auto", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "int16",
@@ -35,6 +36,8 @@ class WhisperSpec(BaseSpec):
     path: Path = Field(description="A CTranslate2 Whisper directory (ct2-transformers-converter output).")
     options: WhisperOptions = WhisperOptions()
 
+    supported_fit: ClassVar[frozenset[str]] = frozenset({"compute", "cpu"})
+
     @property
     def capabilities(self) -> frozenset[Capability]:
         return frozenset({Capability.TRANSCRIPTION})
@@ -49,3 +52,23 @@ class WhisperSpec(BaseSpec):
             **self.base_plan(device, context_length=None, on=pick_device(o.device, device)), path=self.path,
             compute_type=o.compute_type, beam_size=o.beam_size, cpu_threads=o.cpu_threads,
             max_new_tokens=o.max_new_tokens, model_bytes=model.stat().st_size if model.is_file() else 0)
+
+    def fitted(self, plan: LoadPlan, rung: Rung, room_mb: float, device: Device) -> LoadPlan | None:
+        if rung != "compute":
+            return super().fitted(plan, rung, room_mb, device)
+        if not isinstance(plan, WhisperPlan):
+            return None
+        lighter = [dataclasses.replace(plan, compute_type=c) for c in LIGHTER[plan.device]]
+        lighter = [p for p in lighter if p.estimate().total_mb < plan.estimate().total_mb]
+        fitting = [p for p in lighter if p.estimate().total_mb <= room_mb]
+        return (fitting or lighter[-1:] or [None])[0]
+
+    def rung_detail(self, rung: str, plan: LoadPlan) -> str:
+        if rung == "compute" and isinstance(plan, WhisperPlan):
+            return f"compute_type={plan.compute_type}"
+        return super().rung_detail(rung, plan)
+
+
+# The compute types the compute rung tries, heaviest first: int8 weights with float16 (GPU) or
+# float32 (CPU) activations keep accuracy close and halve the weights.
+LIGHTER: dict[str, tuple[str, ...]] = {"cuda": ("int8_float16",), "cpu": ("int8",)}

@@ -70,6 +70,7 @@ class ChatCompletionRequest(GenerationRequest):
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     def token_limit(self) -> int | None:
         """max_completion_tokens wins over the older max_tokens when both come."""

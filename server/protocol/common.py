@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from backends.spec import parse_keep_alive
+from server.errors import InvalidRequest
 
 # Every numeric request field is bounded; NaN and infinities are refused (hardening item 11).
 MAX_TOKENS_LIMIT = 1_000_000
@@ -34,7 +36,45 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
-class GenerationRequest(WireModel):
+class RequestBody(WireModel):
+    """A whole JSON request body. JSON may spell a lone surrogate ("\\ud800"), which is no Unicode
+    text: engines, logs and responses would fail to encode it (a 500). Refused here with a 400
+    naming the field, before any field is validated."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        where = lone_surrogate(data)
+        if where is not None:
+            raise InvalidRequest(f"{where} contains a lone UTF-16 surrogate, which is not valid Unicode text",
+                                 param=where)
+        return data
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """The dotted path of the first string (or key) in a JSON value holding a lone surrogate."""
+    stack: list[tuple[str, Any]] = [("", value)]  # iterative: a deeply nested body must not recurse
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                return path or "body"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                name = str(key).encode("utf-8", "backslashreplace").decode("utf-8")  # a key may be the culprit
+                where = f"{path}.{name}" if path else name
+                if isinstance(key, str) and not key.isascii() and _SURROGATE.search(key):
+                    return where
+                stack.append((where, child))
+        elif isinstance(item, list):
+            stack.extend((f"{path}.{i}", child) for i, child in enumerate(item))
+    return None
+
+
+class GenerationRequest(RequestBody):
     model: str = Field(min_length=1, max_length=256)
     max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None

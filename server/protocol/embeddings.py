@@ -8,12 +8,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from server.protocol.common import KeepAlive, TokenIds, WireModel
+from server.protocol.common import KeepAlive, RequestBody, TokenIds
 
 InputText = Annotated[str, Field(max_length=1_000_000)]
 
 
-class EmbeddingRequest(WireModel):
+class EmbeddingRequest(RequestBody):
     model: str = Field(min_length=1, max_length=256)
     input: InputText | list[InputText] | TokenIds | list[TokenIds]
     encoding_format: Literal["float", "base64"] = "float"

@@ -6,14 +6,14 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from server.protocol.common import Seed, WireModel
+from server.protocol.common import RequestBody, Seed
 
 MAX_PROMPT_CHARS = 4000
 MAX_N = 16
 MAX_STEPS = 500
 
 
-class ImageGenerationRequest(WireModel):
+class ImageGenerationRequest(RequestBody):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     model: str = Field(min_length=1, max_length=256)
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1

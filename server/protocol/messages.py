@@ -69,7 +69,9 @@ def conversation(body: MessagesRequest | CountTokensRequest) -> Conversation:
         return Conversation(messages=messages, tools=tools)
     sampling: dict[str, Any] = {"stop": list(body.stop_sequences or [])}
     sampling.update({k: v for k, v in (("temperature", body.temperature), ("top_p", body.top_p)) if v is not None})
+    parallel = not (body.tool_choice or {}).get("disable_parallel_tool_use", False)
     return Conversation(messages=messages, tools=tools, tool_choice=_tool_choice(body.tool_choice),
+                        parallel_tool_calls=parallel,
                         max_tokens=body.max_tokens, sampling=sampling)
 
 

@@ -93,6 +93,7 @@ def conversation(body: ResponsesRequest, history: list[dict[str, Any]]) -> Conve
     sampling = {k: v for k, v in (("temperature", body.temperature), ("top_p", body.top_p), ("seed", body.seed))
                 if v is not None}
     return Conversation(messages=messages, tools=body.function_tools(), tool_choice=body.chat_tool_choice(),
+                        parallel_tool_calls=body.parallel_tool_calls,
                         response_format=body.response_format(), max_tokens=body.max_output_tokens,
                         sampling=sampling, logprobs=body.wants_logprobs(), top_logprobs=body.top_logprobs or 0)
 

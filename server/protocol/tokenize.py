@@ -6,16 +6,18 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from server.protocol.chat import ChatMessage
+from server.protocol.chat import ChatMessage, Tool
 from server.protocol.common import TokenId, WireModel
 
 
 class TokenizeRequest(WireModel):
-    """`prompt` is tokenized as a completion prompt; `messages` through the model's chat template."""
+    """`prompt` is tokenized as a completion prompt; `messages` (with `tools`) through the model's chat
+    template, as a chat request would render them."""
 
     model: str = Field(min_length=1, max_length=256)
     prompt: str | None = Field(None, max_length=4_000_000)
     messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=4096)
+    tools: list[Tool] | None = Field(None, max_length=256)
     add_special_tokens: bool = True
     return_token_strs: bool = False
 

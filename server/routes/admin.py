@@ -1,4 +1,5 @@
-"""Admin API: what is resident (memory, pid, refcount, expiry) and unloading a model."""
+"""Admin API: what is resident or parked (memory, pid, refcount, expiry, placement), the dry-run
+plan for a model, and unloading a model."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import contextlib
 from fastapi import APIRouter, Request
 
 from server.errors import ModelNotFound, NotFound
-from server.protocol.common import WireModel
+from server.protocol.common import RequestBody
 from server.services import services_of
 
 router = APIRouter(prefix="/admin")
 
 
-class UnloadRequest(WireModel):
+class UnloadRequest(RequestBody):
     model: str
 
 
@@ -31,6 +32,20 @@ async def residents(request: Request, stats: bool = False):
     return snapshot
 
 
+@router.get("/plan")
+async def plan(request: Request, model: str | None = None):
+    """What a request for `model` would lead to now (every model's, without `model`): its estimate
+    by part, the fit-ladder rung, whether it fits, what would be evicted, parked, dropped or
+    drained, and the expected wait. The arbiter decides with the same functions; nothing changes."""
+    svc = services_of(request)
+    if model is None:
+        return {"models": [svc.arbiter.dry_run(spec) for spec in svc.registry]}
+    spec = svc.registry.resolve(model)
+    if spec is None:
+        raise ModelNotFound(f"The model '{model[:100]}' does not exist.", param="model")
+    return svc.arbiter.dry_run(spec)
+
+
 @router.post("/unload")
 async def unload(request: Request, body: UnloadRequest):
     svc = services_of(request)
@@ -38,5 +53,5 @@ async def unload(request: Request, body: UnloadRequest):
     if spec is None:
         raise ModelNotFound(f"The model '{body.model[:100]}' does not exist.", param="model")
     if not await svc.arbiter.unload(spec.id):
-        raise NotFound(f"model {spec.id} is not loaded", param="model")
+        raise NotFound(f"model {spec.id} is neither loaded nor parked", param="model")
     return {"model": spec.id, "unloaded": True}

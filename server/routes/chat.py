@@ -8,18 +8,20 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from backends import schema_limits
 from backends.capability import Capability
 from backends.contract import TokenLogprob
+from backends.tools import ToolFormat
 from server.answer import Answer, Call, Delta, Finish, collect
 from server.conversation import Conversation
-from server.errors import InvalidRequest
+from server.errors import InvalidRequest, UnsupportedCapability
 from server.generation import Generation, model_for, sse, sse_response, until_disconnected
 from server.protocol import chat as wire
 from server.protocol import logprobs as lp
 from server.protocol import tools
 from server.protocol.common import new_id, now, usage
 from server.services import services_of
-from server.tool_syntax import ToolCall, ToolFormat
+from server.tool_syntax import ToolCall
 
 router = APIRouter()
 
@@ -27,7 +29,7 @@ router = APIRouter()
 def conversation(body: wire.ChatCompletionRequest) -> Conversation:
     return Conversation(
         messages=[m.model_dump(exclude_none=True) for m in body.messages], tools=body.tool_dicts(),
-        tool_choice=body.tool_choice_value(),
+        tool_choice=body.tool_choice_value(), parallel_tool_calls=body.parallel_tool_calls,
         response_format=body.response_format.normalised() if body.response_format else None,
         max_tokens=body.token_limit(), sampling=body.sampling(), logprobs=body.logprobs,
         top_logprobs=body.top_logprobs or 0, n=body.n)
@@ -42,9 +44,33 @@ def tool_plan(talk: Conversation) -> tools.ToolPlan:
 
 async def answer_to(request: Request, talk: Conversation, spec, keep_alive: float | None) -> Answer:
     """The engine asked, its output read as an answer (shared by every chat front door)."""
+    check_request(talk, spec)
     plan = tool_plan(talk)
-    generation = await Generation.open(request, spec, keep_alive, talk.params(plan))
-    return Answer(generation, ToolFormat.JSON if plan.schema is not None else None, talk.logprobs)
+    syntax = ToolFormat(services_of(request).arbiter.plan(spec)[0].tool_format or ToolFormat.JSON)
+    generation = await Generation.open(request, spec, keep_alive, talk.params(plan, syntax))
+    return Answer(generation, syntax if plan.schema is not None else None, talk.logprobs,
+                  forced=plan.schema is not None and not plan.allow_message)
+
+
+def check_request(talk: Conversation, spec) -> None:
+    """What no engine could serve, refused before a model is touched: content parts a text model
+    cannot read, schemas past what constrained decoding allows (backends/schema_limits.py)."""
+    for i, message in enumerate(talk.messages):
+        content = message.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise UnsupportedCapability(f"model {spec.id} reads text only; messages[{i}].content[{j}] is a "
+                                            f"{kind!r} part", param=f"messages.{i}.content.{j}")
+    schemas = [((t.get("function") or {}).get("parameters"), f"tools.{i}.function.parameters")
+               for i, t in enumerate(talk.tools or [])]
+    if talk.response_format is not None and talk.response_format.get("schema") is not None:
+        schemas.append((talk.response_format["schema"], "response_format.json_schema.schema"))
+    for schema, path in schemas:
+        try:
+            schema_limits.check(schema or {}, path)
+        except schema_limits.SchemaTooComplex as exc:
+            raise InvalidRequest(str(exc), param=exc.path) from None
 
 
 @router.post("/v1/chat/completions")

@@ -61,9 +61,24 @@ async def create_images(request: Request, body: wire.ImageGenerationRequest):
         data = [{"b64_json": png} for png in pngs]
     else:
         store = svc.images
-        base = str(request.base_url).rstrip("/")
+        base = public_base_url(request)
         data = [{"url": f"{base}{FILES_PREFIX}{store.put(base64.b64decode(png))[0]}.png"} for png in pngs]
     return wire.response(now(), data, size)
+
+
+def public_base_url(request: Request) -> str:
+    """Where clients reach this server: the configured public URL, else the address the request
+    arrived on (the socket's, never the client's Host header: a forged Host must not put another
+    site's name in the links we hand out)."""
+    configured = services_of(request).settings.public_base_url
+    if configured:
+        return configured.rstrip("/")
+    server = request.scope.get("server")
+    if not server or server[1] is None:  # a Unix socket: only a proxy in front knows the public name
+        return str(request.base_url).rstrip("/")
+    host, port = server
+    host = f"[{host}]" if ":" in host else host
+    return f"{request.url.scheme}://{host}:{port}"
 
 
 @router.get(FILES_PREFIX + "{name}")

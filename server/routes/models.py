@@ -6,20 +6,21 @@ from fastapi import APIRouter, Request
 
 from server.errors import ModelNotFound
 from server.protocol.models import entry
-from server.services import services_of
+from server.services import Services, services_of
 
 router = APIRouter()
+
+
+def _entry(svc: Services, spec, name: str | None = None) -> dict:
+    rung = svc.arbiter.rung(spec)
+    return entry(spec, svc.started_at, svc.arbiter.status(spec.id), rung.plan, svc.arbiter.estimate_mb(spec),
+                 rung.placement, name=name)
 
 
 @router.get("/v1/models")
 async def list_models(request: Request):
     svc = services_of(request)
-    return {
-        "object": "list",
-        "data": [entry(spec, svc.started_at, svc.arbiter.is_resident(spec.id),
-                       svc.arbiter.plan(spec)[0].context_length)
-                 for spec in svc.registry],
-    }
+    return {"object": "list", "data": [_entry(svc, spec) for spec in svc.registry]}
 
 
 @router.get("/v1/models/{model_id:path}")
@@ -28,5 +29,4 @@ async def get_model(request: Request, model_id: str):
     spec = svc.registry.resolve(model_id)
     if spec is None:
         raise ModelNotFound(f"The model '{model_id[:100]}' does not exist.", param="model")
-    return entry(spec, svc.started_at, svc.arbiter.is_resident(spec.id), svc.arbiter.plan(spec)[0].context_length,
-                 name=model_id)
+    return _entry(svc, spec, name=model_id)

@@ -30,7 +30,8 @@ async def _call(request: Request, name: str, params: Params, capability=TEXT_MOD
 @router.post("/v1/tokenize")
 async def tokenize(request: Request, body: wire.TokenizeRequest):
     messages = [m.model_dump(exclude_none=True) for m in body.messages] if body.messages else None
-    params = TokenizeParams(text=body.prompt, messages=messages, add_special_tokens=body.add_special_tokens)
+    tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools and messages else None
+    params = TokenizeParams(text=body.prompt, messages=messages, tools=tools, add_special_tokens=body.add_special_tokens)
     spec, raw = await _call(request, body.model, params,
                             Capability.CHAT if messages is not None else TEXT_MODELS)
     result = cast(TokenizeResult, raw)
