@@ -9,6 +9,7 @@ from starlette.requests import Request
 from backends.plan import Device
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
+from server.image_input import ImagePolicy
 from server.imagestore import ImageStore
 from server.inflight import InFlight
 from server.memory import MemoryProbe
@@ -31,6 +32,7 @@ class Services:
     responses: ResponseStore  # /v1/responses kept with store: true
     started_at: int
     in_flight: InFlight = field(default_factory=InFlight)  # generations a shutdown must end
+    image_policy: ImagePolicy = field(default_factory=ImagePolicy)  # images in chat requests (set from settings)
 
 
 def services_of(request: Request) -> Services:

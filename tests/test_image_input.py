@@ -10,7 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from server.image_input import ImageError, ImagePolicy, canonical, image_urls
+from server.image_input import MAX_SIDE, ImageError, ImagePolicy, attach, canonical, image_urls
 
 
 def encoded(image: Image.Image, fmt: str, **save) -> bytes:
@@ -120,4 +120,31 @@ def test_image_parts_are_found_in_messages():
                 {"role": "user", "content": [{"type": "text", "text": "what is this"},
                                              {"type": "image_url", "image_url": {"url": "data:a"}},
                                              {"type": "image_url", "image_url": "data:b"}]}]
-    assert image_urls(messages) == [(1, 1, "data:a"), (1, 2, "data:b")]
+    assert image_urls(messages) == [(1, 1, "data:a", "auto"), (1, 2, "data:b", "auto")]
+
+
+def parts(*details: str) -> list[dict]:
+    photo = data_url(encoded(Image.new("RGB", (3000, 1500), (0, 90, 0)), "PNG"))
+    return [{"role": "user", "content": [{"type": "text", "text": "compare"},
+                                         *({"type": "image_url", "image_url": {"url": photo, "detail": d}}
+                                           for d in details)]}]
+
+
+def test_attach_points_each_image_part_at_its_png_and_leaves_the_request_alone():
+    messages = parts("auto", "low")
+    out, images = asyncio.run(attach(messages, ImagePolicy(), max_images=4, tile=336))
+    assert out[0]["content"] == [{"type": "text", "text": "compare"}, {"type": "image", "image": 0},
+                                 {"type": "image", "image": 1}]
+    assert messages[0]["content"][1]["type"] == "image_url"  # the caller's copy is not rewritten
+    sizes = [Image.open(io.BytesIO(base64.b64decode(png))).size for png in images]
+    assert sizes == [(MAX_SIDE, MAX_SIDE // 2), (336, 168)]  # detail low: one tile of the encoder
+
+
+def test_attach_refuses_more_images_than_the_model_reads_and_names_a_bad_part():
+    with pytest.raises(ImageError, match="at most 1 images"):
+        asyncio.run(attach(parts("auto", "auto"), ImagePolicy(), max_images=1, tile=None))
+    broken = parts("auto")
+    broken[0]["content"][1] = {"type": "image_url", "image_url": {"url": data_url(b"not an image")}}
+    with pytest.raises(ImageError) as refused:
+        asyncio.run(attach(broken, ImagePolicy(), max_images=4, tile=None))
+    assert refused.value.where == "messages.0.content.1"
