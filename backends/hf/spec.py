@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,6 +48,8 @@ class HfSpec(BaseSpec):
     path: Path
     options: HfOptions = HfOptions()
 
+    takes_adapters: ClassVar[bool] = True  # PEFT LoRA adapters on a causal LM (backends/hf/lora.py)
+
     @functools.cached_property
     def capabilities(self) -> frozenset[Capability]:
         """Chat and completion for a causal LM (plus embeddings when asked); a cross-encoder reranks;
@@ -61,7 +63,7 @@ class HfSpec(BaseSpec):
         return frozenset({Capability.CHAT, Capability.COMPLETION, *extra})
 
     def files(self) -> tuple[Path, ...]:
-        return (self.path,)
+        return (self.path, *super().files())
 
     def _config(self) -> dict[str, Any]:
         try:
