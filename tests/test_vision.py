@@ -170,3 +170,40 @@ def test_an_allowed_host_resolving_to_a_private_address_is_refused(served):
     with served([gguf_llava()], image_fetch_hosts=["localhost"]) as fetching:
         error = refused(fetching, "llava-gguf", ask(f"{fetching.base_url.replace('127.0.0.1', 'localhost')}/x.png"))
         assert "private address" in error.message
+
+
+# ---- Hugging Face vision models --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["llava-hf", "llava-next-hf", "blip2", "instructblip", "llava-hf-4bit", "blip2-8bit"])
+def test_hugging_face_vision_models_read_images_through_their_processors(s, model):
+    plain = chat(s, model, [{"role": "user", "content": "What is in the picture?"}])
+    seen = chat(s, model, ask(data_url(png(64, 40))))
+    assert seen.choices[0].finish_reason in ("stop", "length") and plain.choices[0].finish_reason in ("stop", "length")
+    # The processor expands the image into its tokens: 16 for LLaVA; LLaVA-NeXT's tiles more; BLIP's 4 queries.
+    least = 4 if "blip" in model else IMAGE_TOKENS
+    assert seen.usage.prompt_tokens - plain.usage.prompt_tokens >= least
+    worker = s.resident(model, stats=True)["worker"]
+    assert worker["images"] == 1
+    if model.endswith(("4bit", "8bit")):
+        assert worker["quantization"] == model[-4:]
+
+
+def test_llava_next_tiles_a_large_image_into_more_tokens_than_a_small_one(s):
+    small = chat(s, "llava-next-hf", ask(data_url(png(32, 32))))
+    wide = chat(s, "llava-next-hf", ask(data_url(png(128, 64))))
+    assert wide.usage.prompt_tokens > small.usage.prompt_tokens
+
+
+def test_blip_models_take_one_image(s):
+    error = refused(s, "blip2", ask(data_url(png()), data_url(png())))
+    assert "at most 1 images" in error.message
+
+
+def test_a_hugging_face_image_changes_the_answer_and_streams(s):
+    red, blue = (chat(s, "llava-hf", ask(data_url(png(colour=c))), max_tokens=1, logprobs=True, top_logprobs=5)
+                 for c in ((250, 0, 0), (0, 0, 250)))
+    assert red.choices[0].logprobs.content[0].top_logprobs != blue.choices[0].logprobs.content[0].top_logprobs
+    stream = s.client().chat.completions.create(model="blip2", messages=ask(data_url(png())), max_tokens=4,
+                                                temperature=0, stream=True)
+    assert [c.choices[0].finish_reason for c in stream if c.choices][-1] in ("stop", "length")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backends.hf.vision import BLIP_TEMPLATE  # BLIP-2's own prompt, as the demo processors' template
 from tinymodels import build_dir
 from tinymodels.gguf import CHAT_FILE, build_file
 
@@ -28,15 +29,6 @@ LLAVA_TEMPLATE = (
     "{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
     "{{ content['text'] + ' ' }}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
-# BLIP-2 and InstructBLIP read one image (its query tokens go first) and a question.
-BLIP_TEMPLATE = (
-    "{% for message in messages %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{% if message['role'] == 'assistant' %}{{ ' ' + content['text'] + '\n' }}{% else %}"
-    "{{ 'Question: ' + content['text'] + ' ' }}{% endif %}{% endfor %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Answer:' }}{% endif %}"
-)
-
-
 def build(root: Path) -> None:
     from tinymodels import gguf
 
@@ -119,9 +111,13 @@ def _tokenizer(template: str):
     return tokenizer
 
 
+# 64 wide: bitsandbytes quantizes in blocks of 64 inputs, and the 4/8-bit demos quantize these layers too.
+WIDTH = 64
+
+
 def _vision_config(kind):
-    return kind(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=32)
+    return kind(hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2, num_attention_heads=2,
+                image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=WIDTH)
 
 
 def _build_llava(out: Path, next_: bool) -> None:
@@ -142,7 +138,7 @@ def _build_llava(out: Path, next_: bool) -> None:
     torch.manual_seed(SEED)
     tokenizer = _tokenizer(LLAVA_TEMPLATE)
     image_token = tokenizer.convert_tokens_to_ids("<image>")
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
@@ -190,12 +186,12 @@ def _build_blip(out: Path, instruct: bool) -> None:
     torch.manual_seed(SEED)
     tokenizer = _tokenizer(BLIP_TEMPLATE)
     image_token = tokenizer.convert_tokens_to_ids("<image>")
-    text = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                     num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=2048,
+    text = OPTConfig(vocab_size=len(tokenizer), hidden_size=WIDTH, ffn_dim=2 * WIDTH, num_hidden_layers=2,
+                     num_attention_heads=2, word_embed_proj_dim=WIDTH, max_position_embeddings=2048,
                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                      pad_token_id=tokenizer.pad_token_id)
-    qformer = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                   cross_attention_frequency=1, encoder_hidden_size=32)
+    qformer = dict(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * WIDTH,
+                   cross_attention_frequency=1, encoder_hidden_size=WIDTH)
     images = BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     if instruct:
         from transformers import BertTokenizerFast  # noqa: F401 (the Q-Former reads the question too)
@@ -213,7 +209,7 @@ def _build_blip(out: Path, instruct: bool) -> None:
     else:
         config = Blip2Config(vision_config=_vision_config(Blip2VisionConfig).to_dict(),
                              qformer_config=Blip2QFormerConfig(**qformer).to_dict(), text_config=text.to_dict(),
-                             num_query_tokens=4, image_token_index=image_token, image_text_hidden_size=32)
+                             num_query_tokens=4, image_token_index=image_token, image_text_hidden_size=WIDTH)
         model = Blip2ForConditionalGeneration(config)
         processor = Blip2Processor(images, tokenizer, num_query_tokens=4, chat_template=BLIP_TEMPLATE)
     _widen(model, torch)
