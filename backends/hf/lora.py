@@ -1,4 +1,5 @@
-"""PEFT LoRA adapters on a loaded Hugging Face causal LM, through transformers' PEFT integration.
+"""PEFT LoRA adapters on a loaded Hugging Face causal LM: transformers' `load_adapter` injects them,
+PEFT's layer API switches them (transformers' own switches demand a newer PEFT than is released).
 
 Every declared adapter (adapter_config.json + adapter_model.safetensors) is injected into the one
 loaded base when the worker starts, QLoRA adapters onto a bitsandbytes 4-bit base included; the
@@ -35,7 +36,7 @@ class Loras:
             self._failed[adapter.name] = f"{adapter.path} is not a PEFT adapter directory (no adapter_config.json)"
             return
         try:
-            self._model.load_adapter(str(adapter.path), adapter_name=adapter.name, local_files_only=True)
+            self._model.load_adapter(str(adapter.path), adapter_name=adapter.name)
         except Exception as exc:  # PEFT and torch word the problem (missing modules, shapes); we name the adapter
             self._failed[adapter.name] = f"{type(exc).__name__}: {str(exc)[:600]}"
             log.warning("adapter %s (%s) did not load: %s", adapter.name, adapter.path, exc)
@@ -45,20 +46,22 @@ class Loras:
             self._scale(adapter.name, adapter.scale)
         self._loaded.append(adapter.name)
 
-    def _discard(self, name: str) -> None:
-        """Take out what a failed load may have injected, so the base reads as before."""
-        try:
-            if name in (getattr(self._model, "peft_config", None) or {}):
-                self._model.delete_adapter(name)
-        except Exception as exc:
-            log.warning("could not remove the failed adapter %s: %s", name, exc)
-
-    def _scale(self, name: str, scale: float) -> None:
+    def _layers(self) -> list[Any]:
         from peft.tuners.lora import LoraLayer
 
-        for module in self._model.modules():
-            if isinstance(module, LoraLayer) and name in module.scaling:
-                module.scaling[name] *= scale
+        return [module for module in self._model.modules() if isinstance(module, LoraLayer)]
+
+    def _discard(self, name: str) -> None:
+        """Take out what a failed load may have injected, so the base reads as before."""
+        for layer in self._layers():
+            if name in layer.lora_A:
+                layer.delete_adapter(name)
+        (getattr(self._model, "peft_config", None) or {}).pop(name, None)
+
+    def _scale(self, name: str, scale: float) -> None:
+        for layer in self._layers():
+            if name in layer.scaling:
+                layer.scaling[name] *= scale
 
     def require(self, name: str | None, model_id: str) -> None:
         """InvalidInput unless a request may use `name` (None: the base)."""
@@ -74,12 +77,12 @@ class Loras:
         if name == self._active or not self._loaded:
             self._active = name
             return
-        if name is None:
-            self._model.disable_adapters()
-        else:
-            if self._active is None or self._active == "?":
-                self._model.enable_adapters()
-            self._model.set_adapter(name)
+        for layer in self._layers():
+            if name is None:
+                layer.enable_adapters(False)
+            else:
+                layer.enable_adapters(True)
+                layer.set_adapter(name)
         self._active = name
 
     def state(self) -> dict[str, str]:
@@ -89,9 +92,8 @@ class Loras:
     def remove(self) -> None:
         """Take every adapter out and put the base's own modules back where PEFT wrapped them, so the
         model saves (parks) as the base checkpoint it was loaded from."""
-        from peft.tuners.lora import LoraLayer
-
-        wrapped = [(name, module) for name, module in self._model.named_modules() if isinstance(module, LoraLayer)]
+        layers = set(map(id, self._layers()))
+        wrapped = [(name, module) for name, module in self._model.named_modules() if id(module) in layers]
         for name, module in wrapped:
             parent_name, _, child = name.rpartition(".")
             setattr(self._model.get_submodule(parent_name) if parent_name else self._model, child,
