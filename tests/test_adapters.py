@@ -145,7 +145,7 @@ def test_an_adapter_outside_the_allowed_directories_is_refused(tmp_path):
     entry = {"id": "g", "backend": "gguf", "path": "base.gguf",
              "adapters": [{"name": "a", "path": str(elsewhere / "lora.gguf")}]}
     registry.write_text(yaml.safe_dump({"models": [entry]}))
-    with pytest.raises(RegistryError, match="lora.gguf is outside the allowed model directories"):
+    with pytest.raises(RegistryError, match=r"lora\.gguf is outside the allowed model directories"):
         load_registry(registry, [registry.parent])
     entry["adapters"][0]["path"] = "lora.gguf"  # relative to models.yaml, like a model's own path
     registry.write_text(yaml.safe_dump({"models": [entry]}))

@@ -115,6 +115,13 @@ def _tokenizer(template: str):
 WIDTH = 64
 
 
+def _start(torch, template: str):
+    """A seeded build's tokenizer and the id of its image token."""
+    torch.manual_seed(SEED)
+    tokenizer = _tokenizer(template)
+    return tokenizer, tokenizer.convert_tokens_to_ids("<image>")
+
+
 def _vision_config(kind):
     return kind(hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2, num_attention_heads=2,
                 image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=WIDTH)
@@ -135,9 +142,7 @@ def _build_llava(out: Path, next_: bool) -> None:
         LlavaProcessor,
     )
 
-    torch.manual_seed(SEED)
-    tokenizer = _tokenizer(LLAVA_TEMPLATE)
-    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    tokenizer, image_token = _start(torch, LLAVA_TEMPLATE)
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -183,9 +188,7 @@ def _build_blip(out: Path, instruct: bool) -> None:
         OPTConfig,
     )
 
-    torch.manual_seed(SEED)
-    tokenizer = _tokenizer(BLIP_TEMPLATE)
-    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    tokenizer, image_token = _start(torch, BLIP_TEMPLATE)
     text = OPTConfig(vocab_size=len(tokenizer), hidden_size=WIDTH, ffn_dim=2 * WIDTH, num_hidden_layers=2,
                      num_attention_heads=2, word_embed_proj_dim=WIDTH, max_position_embeddings=2048,
                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -194,9 +197,7 @@ def _build_blip(out: Path, instruct: bool) -> None:
                    cross_attention_frequency=1, encoder_hidden_size=WIDTH)
     images = BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     if instruct:
-        from transformers import BertTokenizerFast  # noqa: F401 (the Q-Former reads the question too)
-
-        from tinymodels.hf import _wordpiece_tokenizer
+        from tinymodels.hf import _wordpiece_tokenizer  # the Q-Former reads the question too
 
         qformer_tokenizer = _wordpiece_tokenizer()
         config = InstructBlipConfig(vision_config=_vision_config(InstructBlipVisionConfig).to_dict(),
