@@ -176,3 +176,14 @@ def test_serving_without_adapters_is_unchanged(tmp_path):
     with serve(tmp_path, [{**gguf_base(), "adapters": []}]) as plain:
         assert answer(plain, "g", logit_bias=NO_END)
         assert "adapters" not in plain.http.get("/v1/models/g").json()
+
+
+def test_a_parked_base_comes_back_from_ram_with_its_adapters(served):
+    from test_scheduler_e2e import parked, swaps_from
+
+    with served([{**hf_base(), "keep_alive": 0}], ram_budget_mb=2000) as s:
+        before = {name: answer(s, name) for name in ("h", "h:a")}
+        s.wait_until(lambda: "h" in parked(s), timeout=30)
+        after = {name: answer(s, name) for name in ("h:a", "h")}
+        assert after == before  # the parked copy is the base alone; the adapters load from their files again
+        assert swaps_from(s, "h", "ram") >= 1

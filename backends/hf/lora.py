@@ -18,6 +18,7 @@ from backends.contract import ErrorCode, InvalidInput
 from backends.plan import LoraAdapter
 
 log = logging.getLogger("modelyard.hf.lora")
+_ABSENT = object()
 
 
 class Loras:
@@ -26,8 +27,15 @@ class Loras:
         self.declared = {a.name: a for a in adapters}
         self._loaded: list[str] = []
         self._failed: dict[str, str] = {}
+        # Loading an adapter leaves its key renames on the model, which would make a later
+        # save_pretrained (parking the base) write base weights under PEFT's names: keep the base's.
+        conversions = model.__dict__.get("_weight_conversions", _ABSENT)
         for adapter in adapters:
             self._load(adapter)
+            if conversions is _ABSENT:
+                model.__dict__.pop("_weight_conversions", None)
+            else:
+                model._weight_conversions = conversions
         self._active: str | None = "?"  # unknown until the first use
         self.use(None)
 
@@ -35,6 +43,10 @@ class Loras:
         if not (adapter.path / "adapter_config.json").is_file():
             self._failed[adapter.name] = f"{adapter.path} is not a PEFT adapter directory (no adapter_config.json)"
             return
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its load report calls every base weight "missing" from the adapter
         try:
             self._model.load_adapter(str(adapter.path), adapter_name=adapter.name)
         except Exception as exc:  # PEFT and torch word the problem (missing modules, shapes); we name the adapter
@@ -42,6 +54,8 @@ class Loras:
             log.warning("adapter %s (%s) did not load: %s", adapter.name, adapter.path, exc)
             self._discard(adapter.name)
             return
+        finally:
+            hf_logging.set_verbosity(verbosity)
         if adapter.scale != 1.0:
             self._scale(adapter.name, adapter.scale)
         self._loaded.append(adapter.name)
