@@ -150,6 +150,7 @@ class TokenizeParams:
     messages: list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None  # rendered with the messages, as a chat request would
     add_special_tokens: bool = True
+    images: list[str] = field(default_factory=list)  # as ChatParams.images; each image's tokens appear as -1
 
 
 @dataclass

@@ -207,3 +207,34 @@ def test_a_hugging_face_image_changes_the_answer_and_streams(s):
     stream = s.client().chat.completions.create(model="blip2", messages=ask(data_url(png())), max_tokens=4,
                                                 temperature=0, stream=True)
     assert [c.choices[0].finish_reason for c in stream if c.choices][-1] in ("stop", "length")
+
+
+def test_a_parked_vision_model_comes_back_from_ram_with_its_processor(served):
+    from test_scheduler_e2e import parked, swaps_from
+
+    with served([{**hf("llava-hf", tiny_vision.LLAVA_DIR), "keep_alive": 0}], ram_budget_mb=2000) as parking:
+        before = chat(parking, "llava-hf", ask(data_url(png()))).choices[0].message.content
+        parking.wait_until(lambda: "llava-hf" in parked(parking), timeout=30)
+        after = chat(parking, "llava-hf", ask(data_url(png()))).choices[0].message.content
+        assert after == before and swaps_from(parking, "llava-hf", "ram") >= 1
+
+
+def test_detail_low_gives_a_tiling_model_fewer_image_tokens(s):
+    photo = data_url(png(128, 128))
+    high = chat(s, "llava-next-hf", ask(photo, detail="high"))
+    low = chat(s, "llava-next-hf", ask(photo, detail="low"))
+    assert low.usage.prompt_tokens < high.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("model", ["llava-gguf", "llava-hf"])
+def test_counting_tokens_counts_the_images_a_chat_would_read(s, model):
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": base64.b64encode(png()).decode()}}
+    claude = anthropic.Anthropic(base_url=s.base_url, api_key="test", max_retries=0)
+    counted = claude.messages.count_tokens(model=model, messages=[{"role": "user", "content": [
+        image, {"type": "text", "text": "Describe it."}]}]).input_tokens
+    answered = claude.messages.create(model=model, max_tokens=1, messages=[{"role": "user", "content": [
+        image, {"type": "text", "text": "Describe it."}]}]).usage.input_tokens
+    assert counted == answered > IMAGE_TOKENS
+    with pytest.raises(anthropic.BadRequestError):  # a text model refuses the image, as its chat would
+        claude.messages.count_tokens(model="text-gguf", messages=[{"role": "user", "content": [image]}])

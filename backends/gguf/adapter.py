@@ -239,13 +239,19 @@ class GgufAdapter:
         yield from ()
         if params.messages is not None:
             self._text_model()
-            prompt = self._chat_prompt(params.messages, params.tools)
+            prompt = self._chat_prompt(params.messages, params.tools, self.projector.marker if self.projector else None)
             add_bos = self.vocab.adds_bos and not prompt.startswith(self.vocab.text(self.vocab.bos))
         else:
             prompt, add_bos = params.text or "", params.add_special_tokens and self.vocab.adds_bos
-        tokens = self.llama.tokenize(prompt.encode(), add_bos=add_bos, special=True)
-        return {"tokens": tokens,
-                "pieces": [self.vocab.piece(t, special=True).decode("utf-8", errors="replace") for t in tokens]}
+        if params.images and params.messages is not None and self.projector is not None:
+            images = [params.images[i] for i in image_slots(params.messages)]
+            tokens, media = self.projector.prompt(prompt, images, add_bos)
+            media.close()
+            tokens = [max(t, -1) for t in tokens]  # an image's positions, as the contract shows them
+        else:
+            tokens = self.llama.tokenize(prompt.encode(), add_bos=add_bos, special=True)
+        return {"tokens": tokens, "pieces": [self.vocab.piece(t, special=True).decode("utf-8", errors="replace")
+                                             if t >= 0 else "<image>" for t in tokens]}
 
     def detokenize(self, params: DetokenizeParams, cancel: Cancel) -> Chunks:
         yield from ()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backends import bundle, text
-from backends.contract import Cancel, ChatParams, Chunks, InvalidInput
+from backends.contract import Cancel, ChatParams, Chunks, InvalidInput, TokenizeParams
 from backends.gguf.vision import image_slots
 from backends.hf.adapter import HfTextAdapter
 from backends.hf.plan import HfVisionPlan
@@ -103,17 +103,7 @@ class HfVisionAdapter(HfTextAdapter):
         return self.template.render(messages, tools, self.image_marker, **special)
 
     def chat(self, params: ChatParams, cancel: Cancel) -> Chunks:
-        prompt = self.render(params.messages, params.tools)
-        text.check_bytes(prompt, self.context, self.longest_token_bytes, "messages")
-        images = [_image(params.images, index) for index in image_slots(params.messages)]
-        if len(images) > self.plan.max_images:
-            raise InvalidInput(f"model {self.model_id} reads at most {self.plan.max_images} images per request",
-                               param="messages")
-        bos = self.tokenizer.bos_token or ""
-        inputs = self.processor(text=prompt, images=images or None, return_tensors="pt",
-                                add_special_tokens=not (bos and prompt.startswith(bos)))
-        ids = inputs.pop("input_ids")[0].tolist()
-        inputs.pop("attention_mask", None)
+        ids, inputs, images = self._processed(params.messages, params.tools, params.images)
         pixels = {name: self._on_device(value) for name, value in inputs.items()} if images else None
         top = params.top_logprobs if params.logprobs else None
         with cancel.holding(self._vision_lock):
@@ -123,6 +113,30 @@ class HfVisionAdapter(HfTextAdapter):
                 return (yield from self._generate(ids, params, cancel, top, "messages"))
             finally:
                 self.decoder.prompt_inputs = None
+
+    def tokenize(self, params: TokenizeParams, cancel: Cancel) -> Chunks:
+        """Messages as the processor reads them, images expanded into their tokens."""
+        if params.messages is None:
+            return (yield from super().tokenize(params, cancel))
+        yield from ()
+        ids, _, _ = self._processed(params.messages, params.tools, params.images)
+        return {"tokens": ids, "pieces": [self.tokenizer.decode([i]) for i in ids]}
+
+    def _processed(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                   pngs: list[str]) -> tuple[list[int], dict[str, Any], list[Any]]:
+        """The prompt's token ids (image tokens expanded), the processor's pixel inputs, the images."""
+        prompt = self.render(messages, tools)
+        text.check_bytes(prompt, self.context, self.longest_token_bytes, "messages")
+        images = [_image(pngs, index) for index in image_slots(messages)]
+        if len(images) > self.plan.max_images:
+            raise InvalidInput(f"model {self.model_id} reads at most {self.plan.max_images} images per request",
+                               param="messages")
+        bos = self.tokenizer.bos_token or ""
+        inputs = self.processor(text=prompt, images=images or None, return_tensors="pt",
+                                add_special_tokens=not (bos and prompt.startswith(bos)))
+        ids = inputs.pop("input_ids")[0].tolist()
+        inputs.pop("attention_mask", None)
+        return ids, dict(inputs), images
 
     def _on_device(self, value: Any) -> Any:
         """Pixel inputs on the model's device, floats in its dtype (a bitsandbytes model computes in its own)."""

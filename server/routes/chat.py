@@ -50,20 +50,26 @@ async def answer_to(request: Request, talk: Conversation, spec, keep_alive: floa
     the LoRA adapter of `spec` the request named."""
     check_request(talk, spec)
     plan = tool_plan(talk)
-    services = services_of(request)
-    model_plan = services.arbiter.plan(spec)[0]
-    syntax = ToolFormat(model_plan.tool_format or ToolFormat.JSON)
-    talk = dataclasses.replace(talk, adapter=adapter)
-    if Capability.VISION in spec.capabilities:
-        try:
-            messages, images = await attach(talk.messages, services.image_policy, max_images=model_plan.max_images,
-                                            tile=model_plan.image_size)
-        except ImageError as exc:
-            raise InvalidRequest(str(exc), param=exc.where or "messages", code="invalid_image") from None
-        talk = dataclasses.replace(talk, messages=messages, images=images)
+    syntax = ToolFormat(services_of(request).arbiter.plan(spec)[0].tool_format or ToolFormat.JSON)
+    talk = await with_images(request, dataclasses.replace(talk, adapter=adapter), spec)
     generation = await Generation.open(request, spec, keep_alive, talk.params(plan, syntax))
     return Answer(generation, syntax if plan.schema is not None else None, talk.logprobs,
                   forced=plan.schema is not None and not plan.allow_message)
+
+
+async def with_images(request: Request, talk: Conversation, spec) -> Conversation:
+    """For a vision model, the conversation with its images fetched, checked and decoded
+    (server/image_input.py): image parts become ImageParts pointing into `images`."""
+    if Capability.VISION not in spec.capabilities:
+        return talk
+    services = services_of(request)
+    plan = services.arbiter.plan(spec)[0]
+    try:
+        messages, images = await attach(talk.messages, services.image_policy, max_images=plan.max_images,
+                                        tile=plan.image_size)
+    except ImageError as exc:
+        raise InvalidRequest(str(exc), param=exc.where or "messages", code="invalid_image") from None
+    return dataclasses.replace(talk, messages=messages, images=images)
 
 
 def check_request(talk: Conversation, spec) -> None:

@@ -16,7 +16,7 @@ from server.errors import ModelyardError, anthropic_error_body
 from server.generation import Generation, adapter_for, model_for, until_disconnected, watched
 from server.protocol import messages as wire
 from server.protocol.common import new_id
-from server.routes.chat import answer_to
+from server.routes.chat import answer_to, check_request, with_images
 from server.services import services_of
 
 router = APIRouter()
@@ -103,8 +103,10 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 async def count_tokens(request: Request, body: wire.CountTokensRequest):
     spec = model_for(request, body.model, Capability.CHAT)
     talk = wire.conversation(body)
-    generation = await Generation.open(request, spec, None, [TokenizeParams(messages=talk.messages,
-                                                                            tools=talk.tools)])
+    check_request(talk, spec)  # an image for a text model is refused as a chat would refuse it
+    talk = await with_images(request, talk, spec)
+    generation = await Generation.open(request, spec, None, [TokenizeParams(messages=talk.messages, tools=talk.tools,
+                                                                            images=talk.images)])
     try:
         [(_, raw)] = await until_disconnected(request, generation.collect())
     finally:
