@@ -33,6 +33,7 @@ from backends.contract import (
 )
 from backends.hf.decode import make_decoder
 from backends.hf.guidance import Guidance
+from backends.hf.lora import Loras
 from backends.hf.plan import HfPlan
 from backends.hf.tokens import Detokenizer, fim_tokens, token_bytes
 from backends.plan import MIB
@@ -61,8 +62,9 @@ class HfTextAdapter:
                                   "device_map": plan.device}
         if plan.quantization in ("4bit", "8bit"):
             kwargs["quantization_config"] = self._bnb_config(transformers)
-        auto = transformers.AutoModelForCausalLM if plan.causal else transformers.AutoModel
-        self.model = auto.from_pretrained(plan.path, **kwargs).eval()
+        self.model = self._model_class(transformers).from_pretrained(plan.path, **kwargs).eval()
+        self.text_model = self.model  # what reads token ids alone (a BLIP-2's language model)
+        self.loras = Loras(self.model, plan.adapters) if plan.adapters else None
         self.vocab = len(self.tokenizer)
         self.context = plan.context_length
         self.eos_ids = self._eos_ids()
@@ -84,6 +86,9 @@ class HfTextAdapter:
         self._requests = 0
 
     # ---- loading ----------------------------------------------------------------------------
+
+    def _model_class(self, transformers):
+        return transformers.AutoModelForCausalLM if self.plan.causal else transformers.AutoModel
 
     def _bnb_config(self, transformers):
         if self.plan.quantization == "8bit":
@@ -113,6 +118,7 @@ class HfTextAdapter:
 
     def stats(self) -> dict[str, Any]:
         return {"tokens_generated": self._tokens_generated, "requests": self._requests,
+                "adapters": self.loras.state() if self.loras else {},
                 "weights_bytes": self.model.get_memory_footprint(), "dtype": self.plan.dtype,
                 "quantization": self.plan.quantization, "device": self.plan.device, "context_length": self.context,
                 "decode": self._decode_kind()}
@@ -131,6 +137,8 @@ class HfTextAdapter:
         with self._lock:
             if self.plan.quantization == "gptq":
                 return bundle.copy_files(self.plan.path, dest)
+            if self.loras is not None:  # the base alone: a new worker loads the adapters from their files
+                self.loras.remove()
             self.model.save_pretrained(dest, safe_serialization=True)
             self.tokenizer.save_pretrained(dest)
         return bundle.size_of(dest)
@@ -189,6 +197,7 @@ class HfTextAdapter:
         vectors: list[list[float]] = []
         total = 0
         with cancel.holding(self._lock):
+            self._use_adapter(None)
             for start in range(0, len(encoded), 16):
                 if cancel:
                     break
@@ -237,6 +246,10 @@ class HfTextAdapter:
                   echo: bool = False) -> Chunks:
         torch = self._torch
         text.check_context(len(ids), self.context, param)
+        if params.adapter is not None and self.loras is None:
+            raise InvalidInput(f"model {self.model_id} has no adapter {params.adapter!r}", param="model")
+        if self.loras is not None:
+            self.loras.require(params.adapter, self.model_id)
         bias = self._bias(params.logit_bias)
         constraint = self.guidance.constraint(params, self.template.source)
         budget = self.context - len(ids)
@@ -249,6 +262,7 @@ class HfTextAdapter:
         pending: list[TokenLogprob] = []
         produced, finish, offset, hit = 0, "length", 0, False
         with cancel.holding(self._lock):
+            self._use_adapter(params.adapter)
             self._requests += 1
             if echo:
                 prompt_text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -305,6 +319,11 @@ class HfTextAdapter:
                 yield self._chunk("", pending, top)
         return {"finish_reason": finish, "usage": {"prompt_tokens": len(ids), "completion_tokens": produced}}
 
+    def _use_adapter(self, name: str | None) -> None:
+        """Decode with LoRA adapter `name` (None: the base alone); under the model's lock."""
+        if self.loras is not None:
+            self.loras.use(name)
+
     def vocab_rows(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
@@ -350,7 +369,7 @@ class HfTextAdapter:
         """Echoed prompt tokens with their logprobs; the first has none (as OpenAI's API gives it)."""
         torch = self._torch
         with torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor([ids], device=self.model.device)).logits[0].float()
+            logits = self.text_model(input_ids=torch.tensor([ids], device=self.model.device)).logits[0].float()
         entries, offset = [], 0
         for position, token in enumerate(ids):
             if position == 0:
