@@ -67,7 +67,9 @@ class GgufAdapter:
             self.llama = llama_cpp.Llama(str(plan.path), **kwargs)
         except ValueError as exc:
             raise RuntimeError(f"llama.cpp could not load {plan.path.name}: {exc}") from None
-        self._counters = {"tokens_generated": 0, "peak_sequences": 0}
+        if plan.pooled and plan.flash_attn != "off":
+            self._pooled_context(plan)
+        self._counters = {"tokens_generated": 0, "peak_sequences": 0, "engine_s": 0.0, "engine_cpu_s": 0.0}
         self.scheduler = None if plan.pooled else self._batching_scheduler(plan.n_parallel)
         self.vocab = Vocab(llama_cpp, self.llama, spm=self.file.metadata.get("tokenizer.ggml.model") == "llama")
         self.tokenizer = PromptTokenizer(llama_cpp, self.llama)
@@ -93,12 +95,30 @@ class GgufAdapter:
         if self.scheduler is not None:
             self.scheduler.close()
             self.ctx.close()
+        else:
+            self.llama._ctx.close()  # ours, maybe (_pooled_context): the loader closes only its own
         self.llama.close()
+
+    def _flash_attn(self, plan: GgufPlan) -> int:
+        lc = self._lc
+        return {"auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED}[plan.flash_attn]
+
+    def _pooled_context(self, plan: GgufPlan) -> None:
+        """The loader's context again, with flash attention as planned (the loader takes only on/off)."""
+        from llama_cpp import _internals
+
+        params = type(self.llama.context_params).from_buffer_copy(self.llama.context_params)
+        params.flash_attn_type = self._flash_attn(plan)
+        self.llama._ctx.close()
+        self.llama._ctx = _internals.LlamaContext(model=self.llama._model, params=params, verbose=False)
+        self.llama.context_params = params
 
     def _batching_scheduler(self, n_parallel: int) -> Scheduler:
         from llama_cpp import _internals
 
         params = type(self.llama.context_params).from_buffer_copy(self.llama.context_params)
+        params.flash_attn_type = self._flash_attn(self.plan)
         params.n_ctx = self.n_ctx
         params.n_batch = params.n_ubatch = min(self.n_ctx, 512)
         params.n_seq_max = n_parallel

@@ -33,6 +33,7 @@ class GgufPlan(LoadPlan):
     layer_bytes: tuple[int, ...] = ()  # per repeating block, from the file's tensors
     output_bytes: int = 0  # output norm and head (the input embeddings when they are tied)
     input_bytes: int = 0  # token embeddings: llama.cpp keeps them on the CPU
+    flash_attn: str = "auto"  # auto | on | off, as llama.cpp's --flash-attn
 
     @property
     def pooled(self) -> bool:

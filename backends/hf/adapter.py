@@ -15,6 +15,7 @@ import inspect
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,8 @@ class HfTextAdapter:
         self._lock = threading.Lock()  # one request at a time: the model and its cache are not shared
         self._tokens_generated = 0
         self._requests = 0
+        self._engine_s = 0.0
+        self._engine_cpu_s = 0.0
 
     # ---- loading ----------------------------------------------------------------------------
 
@@ -112,7 +115,8 @@ class HfTextAdapter:
         return own / MIB
 
     def stats(self) -> dict[str, Any]:
-        return {"tokens_generated": self._tokens_generated, "requests": self._requests,
+        return {"tokens_generated": self._tokens_generated, "requests": self._requests, "engine_s": self._engine_s,
+                "engine_cpu_s": self._engine_cpu_s,
                 "weights_bytes": self.model.get_memory_footprint(), "dtype": self.plan.dtype,
                 "quantization": self.plan.quantization, "device": self.plan.device, "context_length": self.context,
                 "decode": self._decode_kind()}
@@ -264,7 +268,10 @@ class HfTextAdapter:
                 if cancel:
                     finish = "cancelled"
                     break
+                started, started_cpu = time.perf_counter(), time.thread_time()
                 logits = self.decoder.step(step_input)
+                self._engine_s += time.perf_counter() - started  # the model's own compute
+                self._engine_cpu_s += time.thread_time() - started_cpu  # of it, on this thread's CPU
                 raw = logits
                 logits = logits.clone()
                 logits[self.vocab:] = -math.inf  # padded rows of the embedding are not tokens
