@@ -110,6 +110,8 @@ class SamplingParams:
     max_tokens: int | None = None  # None: up to the end of the context
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: off; else only the k likeliest tokens (llama.cpp, vLLM and Anthropic have it)
+    min_p: float = 0.0  # 0: off; else only tokens at least min_p x the likeliest token's probability
     seed: int | None = None  # same seed, same prompt, same params -> same output
     stop: list[str] = field(default_factory=list)
     presence_penalty: float = 0.0

@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from backends import text, tools
+from backends.batcher import Batcher
 from backends.contract import (
     Cancel,
     ChatParams,
@@ -28,6 +29,7 @@ from backends.contract import (
     SamplingParams,
     TokenizeParams,
 )
+from backends.gguf import sampler as sampling
 from backends.gguf.file import GgufFile
 from backends.gguf.plan import GgufPlan
 from backends.gguf.scheduler import Scheduler, Sequence
@@ -36,9 +38,6 @@ from backends.gguf.tokenizer import PromptTokenizer
 from backends.guidance import Constraint, llama_tokenizer
 from backends.plan import MIB
 from backends.tools import ToolConstraint
-
-_RANDOM_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
-_PENALTY_WINDOW = 64
 
 
 class GgufAdapter:
@@ -76,6 +75,7 @@ class GgufAdapter:
         self._template_source = plan.chat_template or self.file.chat_template
         self._template: text.ChatTemplate | None = None
         self._lock = threading.Lock()
+        self._embedder: Batcher[list[int], list[float]] = Batcher(self._embed_batch)
         self._prompt_tokens = 0
         self._requests = 0
         self._lltokenizer = None  # the vocabulary as llguidance sees it, built for the first schema
@@ -89,7 +89,7 @@ class GgufAdapter:
 
     def stats(self) -> dict[str, Any]:
         return {**self._counters, "prompt_tokens": self._prompt_tokens,
-                "requests": self._requests, "n_ctx": self.n_ctx}
+                "requests": self._requests, "n_ctx": self.n_ctx, "pooled_batches": self._embedder.batches}
 
     def close(self) -> None:
         if self.scheduler is not None:
@@ -168,12 +168,16 @@ class GgufAdapter:
             sequences = [self._pooled_tokens(item, i) for i, item in enumerate(params.inputs)]
         for i, sequence in enumerate(sequences):
             text.check_context(len(sequence), self.n_ctx, "input", what=f"input {i}", room=0)
-        with cancel.holding(self._lock):
-            vectors = self._pooled(sequences, self.llama.n_embd(), normalize=True)
-            count = sum(map(len, sequences))
+        vectors = self._embedder.submit(sequences, cancel)  # with other requests' inputs, in as few decodes
+        count = sum(map(len, sequences))
+        with self._lock:
             self._prompt_tokens += count
             self._requests += 1
         return {"embeddings": vectors, "usage": {"prompt_tokens": count}}
+
+    def _embed_batch(self, sequences: list[list[int]]) -> list[list[float]]:
+        with self._lock:
+            return self._pooled(sequences, self.llama.n_embd(), normalize=True)
 
     def rerank(self, params: RerankParams, cancel: Cancel) -> Chunks:
         """Each document read after the query, the way the file's tokenizer frames a pair
@@ -301,7 +305,7 @@ class GgufAdapter:
         self._requests += 1
         self._prompt_tokens += len(tokens)
         stream = TokenStream(self.vocab, tokens, params.stop, top, echo)
-        sampler = self._sampler(params, bias)
+        sampler = sampling.chain(params, bias, self.vocab.n_vocab)
         seq = Sequence(tokens, sampler, budget, stream, cancel, prompt_logits=echo is not None and top is not None,
                        constraint=constraint)
         ended = False
@@ -328,25 +332,6 @@ class GgufAdapter:
                 except queue.Empty:
                     return  # the scheduler is gone (shutdown); leave the sampler to the process exit
             sampler.close()
-
-    def _sampler(self, params: SamplingParams, bias: dict[int, float]):
-        from llama_cpp import _internals
-
-        sampler = _internals.LlamaSampler()
-        if bias:
-            sampler.add_logit_bias(self.vocab.n_vocab, bias)
-        if params.presence_penalty or params.frequency_penalty:
-            sampler.add_penalties(self.vocab.n_vocab, _PENALTY_WINDOW, 1.0, params.frequency_penalty,
-                                  params.presence_penalty)
-        if params.temperature == 0:
-            sampler.add_greedy()
-        else:
-            if params.top_p < 1.0:
-                sampler.add_top_p(params.top_p, 1)
-            sampler.add_temp(params.temperature)
-            seed = _RANDOM_SEED if params.seed is None else params.seed % _RANDOM_SEED
-            sampler.add_dist(seed)
-        return sampler
 
     def _constraint(self, params: SamplingParams) -> Constraint | ToolConstraint | None:
         return tools.constraint_for(params, self._llguidance_vocab, self.vocab.n_vocab,

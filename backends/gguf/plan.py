@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from backends.plan import MIB, LoadPlan, MemoryEstimate
+from backends.plan import MIB, POOLED_PARALLEL, LoadPlan, MemoryEstimate
 
 BUFFERS_MB = 48  # llama.cpp's compute and output buffers for a small model, roughly
 
@@ -68,7 +68,7 @@ class GgufPlan(LoadPlan):
         return best
 
     def parallel(self) -> int | None:
-        return 1 if self.pooled else self.n_parallel  # embeddings and rerank run one call at a time, under a lock
+        return POOLED_PARALLEL if self.pooled else self.n_parallel
 
     def warm_files(self) -> tuple[Path, ...]:
         return (self.path,)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backends import bundle, text
+from backends.batcher import Batcher
 from backends.contract import (
     Cancel,
     ChatParams,
@@ -37,6 +38,8 @@ from backends.hf.guidance import Guidance
 from backends.hf.plan import HfPlan
 from backends.hf.tokens import Detokenizer, fim_tokens, token_bytes
 from backends.plan import MIB
+
+EMBED_BATCH = 32  # inputs per embedding forward
 
 
 class HfTextAdapter:
@@ -81,6 +84,7 @@ class HfTextAdapter:
         self.decoder = make_decoder(plan.decode, torch, self.model, self._cache_arg, self._keep_arg,
                                     self.context) if plan.causal else None
         self._lock = threading.Lock()  # one request at a time: the model and its cache are not shared
+        self._embedder: Batcher[list[int], list[float]] = Batcher(self._embed_batch)
         self._tokens_generated = 0
         self._requests = 0
         self._engine_s = 0.0
@@ -171,7 +175,6 @@ class HfTextAdapter:
         return (yield from self._generate(ids, params, cancel, params.logprobs, "prompt", echo=echo))
 
     def embed(self, params: EmbeddingParams, cancel: Cancel) -> Chunks:
-        torch = self._torch
         if not self.plan.embedding:
             raise text.unsupported(self.model_id, "does not serve embeddings (set `embedding: true` in models.yaml)")
         if params.token_inputs is not None:
@@ -185,31 +188,38 @@ class HfTextAdapter:
             raise InvalidInput("input must not be empty", param="input")
         longest = max(map(len, encoded))
         text.check_context(longest, self.context, "input", what="an input", room=0)
+        vectors = self._embedder.submit(encoded, cancel)  # with other requests' inputs, in as few forwards
+        self._requests += 1
+        return {"embeddings": vectors, "usage": {"prompt_tokens": sum(map(len, encoded))}}
+        yield  # a generator like every capability method, though it yields nothing
+
+    def _embed_batch(self, encoded: list[list[int]]) -> list[list[float]]:
+        """Mean-pooled, normalised last hidden states, EMBED_BATCH inputs a forward, inputs of like
+        length together (less padding); in the inputs' order."""
+        torch = self._torch
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Right padding keeps each text's positions as they would be alone (a causal LM numbers
         # positions from the left edge); the attention mask then hides the padding from the mean.
         self.tokenizer.padding_side = "right"
-        vectors: list[list[float]] = []
-        total = 0
-        with cancel.holding(self._lock):
-            for start in range(0, len(encoded), 16):
-                if cancel:
-                    break
-                batch = self.tokenizer.pad({"input_ids": encoded[start:start + 16]}, padding=True, return_tensors="pt")
-                total += int(batch["attention_mask"].sum())
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        vectors: list[list[float]] = [[] for _ in encoded]
+        extra = {"logits_to_keep": 1} if self._keep_arg else {}
+        with self._lock:
+            for start in range(0, len(order), EMBED_BATCH):
+                chunk = order[start:start + EMBED_BATCH]
+                batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, padding=True,
+                                           return_tensors="pt")
                 batch = {k: v.to(self.model.device) for k, v in batch.items()}
-                extra = {"logits_to_keep": 1} if self._keep_arg else {}
                 with torch.inference_mode():
                     out = self.model(**batch, output_hidden_states=True, **extra)
                 hidden = out.hidden_states[-1] if getattr(out, "hidden_states", None) else out.last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
                 pooled = (hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                vectors.extend(pooled.cpu().tolist())
-        self._requests += 1
-        return {"embeddings": vectors, "usage": {"prompt_tokens": total}}
-        yield  # a generator like every capability method, though it yields nothing
+                for i, row in zip(chunk, pooled.cpu().tolist(), strict=True):
+                    vectors[i] = row
+        return vectors
 
     def tokenize(self, params: TokenizeParams, cancel: Cancel) -> Chunks:
         """Text as a prompt is tokenized, or messages through the chat template, as generation would."""
@@ -281,7 +291,7 @@ class HfTextAdapter:
                     logits -= params.presence_penalty * (counts > 0) + params.frequency_penalty * counts
                 if constraint is not None:
                     self.guidance.mask(constraint, logits)
-                token = self._sample(logits, params.temperature, params.top_p, generator)
+                token = self._sample(logits, params, generator)
                 produced += 1
                 self._tokens_generated += 1
                 counts[token] += 1
@@ -315,17 +325,25 @@ class HfTextAdapter:
     def vocab_rows(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
-    def _sample(self, logits, temperature: float, top_p: float, generator) -> int:
+    def _sample(self, logits, params, generator) -> int:
+        """Greedy at temperature 0; else temperature, top-k, top-p, min-p, then a draw with the
+        request's generator (llama.cpp's chain in the same order: backends/gguf/sampler.py)."""
         torch = self._torch
-        if temperature <= 0:
+        if params.temperature <= 0:
             return int(torch.argmax(logits))
-        probs = torch.softmax(logits / temperature, dim=-1)
-        if top_p < 1.0:
+        logits = logits / params.temperature
+        if 0 < params.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, params.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        probs = torch.softmax(logits, dim=-1)
+        if params.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
-            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p  # always keeps the first
+            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p  # always keeps the first
             filtered = torch.zeros_like(probs)
             filtered[order[keep]] = sorted_probs[keep]
             probs = filtered
+        if params.min_p > 0.0:
+            probs = probs.masked_fill(probs < params.min_p * probs.max(), 0.0)
         return int(torch.multinomial(probs, 1, generator=generator))
 
     def _bias(self, logit_bias: dict[str, float]):

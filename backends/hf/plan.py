@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from backends.plan import MIB, LoadPlan, MemoryEstimate
+from backends.plan import MIB, POOLED_PARALLEL, LoadPlan, MemoryEstimate
 
 SLACK_MB = 64  # allocator slack, tokenizer, Python objects
 DType = Literal["float16", "bfloat16", "float32"]
@@ -69,6 +69,8 @@ class HfPlan(LoadPlan):
                               activations_mb=activations / MIB, buffers_mb=SLACK_MB, runtime_mb=self.runtime_mb)
 
     def parallel(self) -> int | None:
+        if not self.causal:
+            return POOLED_PARALLEL  # concurrent embedding calls share forwards (backends/batcher.py)
         return 1  # the adapter serves one request at a time (the model and its cache are not shared)
 
     def warm_mb(self) -> float:
