@@ -14,8 +14,8 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import queue
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,11 @@ from backends.contract import (
     TokenizeParams,
     TokenLogprob,
 )
+from backends.hf.batch import Row, Scheduler, batchable
 from backends.hf.decode import make_decoder
 from backends.hf.guidance import Guidance
 from backends.hf.plan import HfPlan
-from backends.hf.tokens import Detokenizer, fim_tokens, token_bytes
+from backends.hf.tokens import fim_tokens, token_bytes
 from backends.plan import MIB
 
 EMBED_BATCH = 32  # inputs per embedding forward
@@ -81,6 +82,7 @@ class HfTextAdapter:
         self._keep_arg = "logits_to_keep" in accepted
         # transformers 5.2x renamed past_key_values to cache (the old name warns)
         self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
+        self._keep = {"logits_to_keep": 1} if self._keep_arg else {}
         self.decoder = make_decoder(plan.decode, torch, self.model, self._cache_arg, self._keep_arg,
                                     self.context) if plan.causal else None
         self._lock = threading.Lock()  # one request at a time: the model and its cache are not shared
@@ -89,6 +91,8 @@ class HfTextAdapter:
         self._requests = 0
         self._engine_s = 0.0
         self._engine_cpu_s = 0.0
+        self.scheduler = Scheduler(self, plan.n_parallel, batched=plan.decode == "dynamic" and batchable(self.model)
+                                   ) if plan.causal else None
 
     # ---- loading ----------------------------------------------------------------------------
 
@@ -123,7 +127,8 @@ class HfTextAdapter:
                 "engine_cpu_s": self._engine_cpu_s,
                 "weights_bytes": self.model.get_memory_footprint(), "dtype": self.plan.dtype,
                 "quantization": self.plan.quantization, "device": self.plan.device, "context_length": self.context,
-                "decode": self._decode_kind()}
+                "decode": self._decode_kind(),
+                "peak_rows": self.scheduler.peak_rows if self.scheduler is not None else 0}
 
     def _decode_kind(self) -> str | None:
         """The decode path in use (cuda-graphs falls back to static when it cannot compile)."""
@@ -144,6 +149,8 @@ class HfTextAdapter:
         return bundle.size_of(dest)
 
     def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
         self.model = None
         if self.plan.device == "cuda":
             self._torch.cuda.empty_cache()
@@ -249,78 +256,38 @@ class HfTextAdapter:
 
     def _generate(self, ids: list[int], params, cancel: Cancel, top: int | None, param: str,
                   echo: bool = False) -> Chunks:
-        torch = self._torch
         text.check_context(len(ids), self.context, param)
-        bias = self._bias(params.logit_bias)
-        constraint = self.guidance.constraint(params, self.template.source)
-        budget = self.context - len(ids)
-        if params.max_tokens is not None:
-            budget = min(budget, params.max_tokens)
-        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-        generator = torch.Generator(device=self.model.device).manual_seed(seed % (2**63))
-        stops = text.StopMatcher(params.stop)
-        detok = Detokenizer(self.tokenizer)
-        pending: list[TokenLogprob] = []
-        produced, finish, offset, hit = 0, "length", 0, False
-        with cancel.holding(self._lock):
-            self._requests += 1
-            if echo:
-                prompt_text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                offset = len(prompt_text)
-                chunk: TextChunk = {"text": prompt_text}
-                if top is not None:
+        row = Row(self, ids, params, cancel, top, offset=0)  # refuses a bad bias or schema before any output
+        self._requests += 1
+        if echo:
+            prompt_text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            row.offset = len(prompt_text)
+            chunk: TextChunk = {"text": prompt_text}
+            if top is not None:
+                with cancel.holding(self._lock):
                     chunk["logprobs"] = self._prompt_logprobs(ids, top)
-                yield chunk
-            counts = torch.zeros(self.vocab_rows(), dtype=torch.float32, device=self.model.device)
-            self.decoder.begin()
-            step_input = torch.tensor([ids], device=self.model.device)
-            while produced < budget:
-                if cancel:
-                    finish = "cancelled"
-                    break
-                started, started_cpu = time.perf_counter(), time.thread_time()
-                logits = self.decoder.step(step_input)
-                self._engine_s += time.perf_counter() - started  # the model's own compute
-                self._engine_cpu_s += time.thread_time() - started_cpu  # of it, on this thread's CPU
-                raw = logits
-                logits = logits.clone()
-                logits[self.vocab:] = -math.inf  # padded rows of the embedding are not tokens
-                if bias is not None:
-                    logits += bias
-                if params.presence_penalty or params.frequency_penalty:
-                    logits -= params.presence_penalty * (counts > 0) + params.frequency_penalty * counts
-                if constraint is not None:
-                    self.guidance.mask(constraint, logits)
-                token = self._sample(logits, params, generator)
-                produced += 1
-                self._tokens_generated += 1
-                counts[token] += 1
-                if constraint is not None:
-                    constraint.accept(token)
-                if token in self.eos_ids:
-                    finish = "stop"
-                    break
-                if top is not None:
-                    pending.append(self._token_logprob(raw, token, top, offset))
-                piece = detok.push(token)
-                offset += len(piece)
-                safe, hit = stops.feed(piece)
-                if safe or (hit and pending):
-                    yield self._chunk(safe, pending, top)
-                    pending = []
-                if hit or (constraint is not None and constraint.finished):
-                    finish = "stop"
-                    break
-                step_input = torch.tensor([[token]], device=self.model.device)
-            if not hit:
-                # Ended by length, end-of-sequence or the grammar: text held back for a stop string
-                # that never came (and a last partial character) is output too.
-                tail = stops.flush() + (detok.flush() if finish != "cancelled" else "")
-                if tail or pending:
-                    yield self._chunk(tail, pending, top)
-            elif pending:
-                yield self._chunk("", pending, top)
-        return {"finish_reason": finish, "usage": {"prompt_tokens": len(ids), "completion_tokens": produced}}
+            yield chunk
+        self.scheduler.submit(row)
+        ended = False
+        try:
+            while True:
+                kind, payload = row.events.get()
+                if kind == "chunk":
+                    yield payload
+                elif kind == "end":
+                    ended = True
+                    return payload
+                else:
+                    ended = True
+                    raise payload
+        finally:
+            if not ended:  # abandoned: stop the row, and wait for the scheduler to let it go
+                cancel.set()
+                try:
+                    while row.events.get(timeout=5)[0] == "chunk":
+                        pass
+                except queue.Empty:
+                    pass  # the scheduler is gone (shutdown)
 
     def vocab_rows(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
@@ -385,10 +352,3 @@ class HfTextAdapter:
             offset += len(self.tokenizer.decode([token], skip_special_tokens=True))
             entries.append(entry)
         return entries
-
-    @staticmethod
-    def _chunk(piece: str, pending: list[TokenLogprob], top: int | None) -> TextChunk:
-        chunk: TextChunk = {"text": piece}
-        if top is not None:
-            chunk["logprobs"] = list(pending)
-        return chunk

@@ -57,11 +57,12 @@ class HfPlan(LoadPlan):
     weights_bytes: float  # as they will sit in memory, from the safetensors headers
     shape: Shape
     decode: Literal["dynamic", "static", "cuda-graphs"] = "dynamic"  # backends/hf/decode.py
+    n_parallel: int = 1  # requests decoded together (backends/hf/batch.py; the dynamic path only)
 
     def estimate(self) -> MemoryEstimate:
         element = DTYPE_BYTES[self.dtype]
         s = self.shape
-        # A full-context KV cache for one sequence (requests are served one at a time).
+        # One full context of KV: batched requests share it (backends/hf/batch.py admits within it).
         kv = 2.0 * s.layers * s.kv_heads * s.head_dim * self.context_length * element if self.causal else 0.0
         # One full-context prefill's hidden states plus a few float32 rows of logits.
         activations = self.context_length * (4 * s.hidden + 2 * s.intermediate) * element + s.vocab * 4 * 4
@@ -71,7 +72,7 @@ class HfPlan(LoadPlan):
     def parallel(self) -> int | None:
         if not self.causal:
             return POOLED_PARALLEL  # concurrent embedding calls share forwards (backends/batcher.py)
-        return 1  # the adapter serves one request at a time (the model and its cache are not shared)
+        return self.n_parallel
 
     def warm_mb(self) -> float:
         return self.weights_bytes / MIB

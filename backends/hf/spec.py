@@ -41,6 +41,9 @@ class HfOptions(BaseModel):
     decode: Literal["auto", "dynamic", "static", "cuda-graphs"] = Field(
         "auto", description="The decode loop's KV cache: auto is cuda-graphs for an unquantized model on a GPU, "
         "static for a quantized one, dynamic on a CPU (backends/hf/decode.py).")
+    n_parallel: int = Field(4, ge=1, le=64, description="Requests decoded together in one batch on the dynamic "
+                            "decode path (the static and cuda-graphs paths decode one at a time); their rows "
+                            "share the one context the memory estimate counts (backends/hf/batch.py).")
 
 
 class HfSpec(BaseSpec):
@@ -86,6 +89,7 @@ class HfSpec(BaseSpec):
         trained = int(text.get("max_position_embeddings") or text.get("n_positions") or DEFAULT_CONTEXT)
         context = self.context_length or min(trained, DEFAULT_CONTEXT)
         plan, extra = (HfRerankPlan, {"batch": RERANK_BATCH}) if reranker else (HfPlan, {})
+        decode = _decode(self.options.decode, on, quantization)
         return plan(
             **self.base_plan(device, context_length=context, on=on, max_context_length=max(trained, context)),
             **extra, path=self.path, dtype=dtype, fim=causal and fim_in_files(self.path),
@@ -96,7 +100,7 @@ class HfSpec(BaseSpec):
             chat_template=self.options.chat_template, causal=causal,
             embedding=self.options.embedding or not (causal or reranker),
             weights_bytes=_weights_bytes(sorted(self.path.glob("*.safetensors")), dtype, quantization),
-            shape=Shape.of(config), decode=_decode(self.options.decode, on, quantization))
+            shape=Shape.of(config), decode=decode, n_parallel=self.options.n_parallel if decode == "dynamic" else 1)
 
 
 def _decode(wanted: str, on: str, quantization: str) -> str:
