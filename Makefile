@@ -25,12 +25,17 @@ setup: $(STAMP) tools
 
 # The monitoring tests run a real Prometheus and promtool: Debian's package, installed once when
 # missing (CI runs as root). Its own service is stopped right away: each test starts a private one.
+# The page's browser tests drive Debian's headless Chromium through Playwright (no browser download),
+# with a font for its text.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 tools:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus && \
 	  { $(SUDO) invoke-rc.d prometheus stop >/dev/null 2>&1 || true; }; }
+	@command -v chromium >/dev/null && [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; }
 
 # pip caches a built llama-cpp-python wheel whatever CMAKE_ARGS it was built with: after the install the
 # build is checked, and rebuilt without the cache when it is not the one asked for.

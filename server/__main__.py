@@ -1,4 +1,4 @@
-"""CLI: modelyard serve | ps | plan | unload. Thin: flags mirror the settings model."""
+"""CLI: modelyard serve | ps | plan | unload | events. Thin: flags mirror the settings model."""
 
 from __future__ import annotations
 
@@ -135,12 +135,30 @@ def unload(settings: Settings, model: str) -> int:
     return 0
 
 
+def events(settings: Settings, as_json: bool) -> int:
+    """Follow the arbiter's event stream until interrupted."""
+    from server.eventlog import follow
+
+    with _client(settings) as client, client.stream("GET", "/admin/events",
+                                                    timeout=httpx.Timeout(30, read=None)) as response:
+        if response.status_code != 200:
+            response.read()
+            print(f"modelyard: {response.json()['error']['message']}", file=sys.stderr)
+            return 1
+        try:
+            follow(response.iter_lines(), sys.stdout, as_json)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelyard", description="Local OpenAI-compatible model server.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("serve", "start the server"), ("ps", "list resident and parked models"),
                             ("plan", "show what a request for a model would lead to (a dry run)"),
-                            ("unload", "unload a model now (and drop its parked copy)")):
+                            ("unload", "unload a model now (and drop its parked copy)"),
+                            ("events", "follow loads, swaps and evictions as they happen")):
         sub = commands.add_parser(name, help=help_text)
         add_settings_flags(sub)
         if name == "unload":
@@ -149,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("model", nargs="?", help="a model id or alias")
             sub.add_argument("--all", action="store_true", help="every model in the registry")
             sub.add_argument("--json", action="store_true", help="the raw /admin/plan answer")
+        if name == "events":
+            sub.add_argument("--json", action="store_true", help="every message of /admin/events as a JSON line")
     for name, help_text in model_commands.COMMANDS.items():
         sub = commands.add_parser(name, help=help_text)
         add_settings_flags(sub)
@@ -165,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         if bool(args.model) == bool(args.all):
             parser.error("plan takes a model id, or --all")
         return plan(settings, args.model, args.json)
+    if args.command == "events":
+        return events(settings, args.json)
     return unload(settings, args.model)
 
 

@@ -16,6 +16,7 @@ from server import discovery, errors, gateway
 from server.access import AccessMiddleware
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
+from server.events import EventHub, Fanout
 from server.imagestore import ImageStore
 from server.memory import MemoryProbe, default_budget_mb, default_ram_budget_mb, detect_device
 from server.metrics import Metrics
@@ -27,6 +28,7 @@ from server.routes import (
     chat,
     completions,
     embeddings,
+    events,
     health,
     images,
     messages,
@@ -34,6 +36,7 @@ from server.routes import (
     rerank,
     responses,
     tokenize,
+    ui,
 )
 from server.security import SecurityMiddleware
 from server.services import Services
@@ -89,7 +92,6 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
         unload_timeout_s=settings.unload_timeout_s,
         max_wait_s=settings.max_wait_s,
         ram_budget_mb=ram_budget,
-        events=metrics,
     )
 
     @contextlib.asynccontextmanager
@@ -97,11 +99,14 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
         warm = WarmStore(settings.park_dir) if ram_budget else None
         timeouts = Timeouts(heartbeat_s=settings.worker_heartbeat_timeout_s,
                             first_token_s=settings.first_token_timeout_s, inter_token_s=settings.inter_token_timeout_s)
-        arbiter = Arbiter(budget, factory or WorkerFactory(timeouts=timeouts), probe, warm=warm, **arbiter_kwargs)
+        hub = EventHub()
+        arbiter = Arbiter(budget, factory or WorkerFactory(timeouts=timeouts), probe, warm=warm,
+                          events=Fanout(metrics, hub), **arbiter_kwargs)
+        hub.bind(arbiter)
         images = ImageStore(ttl_s=settings.image_ttl_s, max_bytes=settings.image_store_mb * 1024 * 1024)
         responses = ResponseStore(settings.response_ttl_s, settings.response_store_max)
         app.state.services = services = Services(settings, registry, arbiter, metrics, probe, device, images,
-                                                 ScratchDir(), responses, int(time.time()))
+                                                 ScratchDir(), responses, int(time.time()), hub)
         specs = {spec.id: spec for spec in registry}
         metrics.watch_gateway(gateway.GatewayCollector(
             lambda: gateway.occupancy(arbiter.snapshot(), specs, lambda spec: arbiter.plan(spec)[0])))
@@ -115,6 +120,7 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
         try:
             yield
         finally:
+            hub.close()
             await arbiter.close()
             services.audio_scratch.close()
 
@@ -122,7 +128,7 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
     errors.install(app)
     for router in (chat.router, completions.router, embeddings.router, models.router, health.router,
                    admin.router, images.router, audio.router, rerank.router, tokenize.router, responses.router,
-                   messages.router):
+                   messages.router, events.router, ui.router):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)

@@ -124,6 +124,8 @@ class Events(Protocol):
     def placed(self, model: str, rung: str) -> None: ...
     def switched(self, reason: str) -> None: ...
     def queue(self, waiting: int) -> None: ...
+    def changed(self) -> None:
+        """Something snapshot() shows changed (a state, a lease, a timer); server/events.py streams it."""
 
 
 class NoEvents:
@@ -138,6 +140,7 @@ class NoEvents:
     def placed(self, model: str, rung: str) -> None: ...
     def switched(self, reason: str) -> None: ...
     def queue(self, waiting: int) -> None: ...
+    def changed(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -271,6 +274,7 @@ class Arbiter:
         self._waiters: list[Waiter] = []
         self._wanted: dict[str, int] = {}  # waiters per model: a model someone waits for is not idle
         self._drained_for: set[str] = set()  # models busy ones were drained for (their load is a switch)
+        self._pins: set[str] = set()  # pinned by an admin at run time (models.yaml pins are on the spec)
         self._loading: str | None = None
         self._loading_since = 0.0
         self._hold: Handle | None = None
@@ -328,7 +332,7 @@ class Arbiter:
         return need
 
     def _room_mb(self, spec: BaseSpec) -> float:
-        pinned = sum(r.mb for r in self._residents.values() if r.spec.pinned and r.id != spec.id)
+        pinned = sum(r.mb for r in self._residents.values() if self.pinned(r.spec) and r.id != spec.id)
         return self.budget_mb - pinned
 
     def _refuse(self, spec: BaseSpec, chosen: ladder.Ladder) -> ModelTooLarge:
@@ -416,6 +420,7 @@ class Arbiter:
     def _set_state(self, resident: Resident, state: State) -> None:
         """Change a model's state, and clock its waiters' time without it (their swap wait)."""
         resident.state = state
+        self._events.changed()
         now = self._clock.now()
         for waiter in self._waiters:
             if waiter.spec.id != resident.id:
@@ -531,7 +536,7 @@ class Arbiter:
                 # Waiters about to lease it (it is loading, or has a free slot) protect it; a backlog
                 # queued behind its full slots does not: it may be drained for an overdue model.
                 wanted=r.id in self._wanted and (r.state is not State.READY or r.has_slot),
-                pinned=r.spec.pinned,
+                pinned=self.pinned(r.spec),
                 keep_alive_s=r.keep_alive_s,
                 last_used=r.last_used,
                 draining=r.state in (State.DRAINING, State.UNLOADING),  # its memory is on its way out
@@ -585,7 +590,7 @@ class Arbiter:
     def _settle_release(self, resident: Resident) -> None:
         decision = placement.after_release(
             draining=resident.state is State.DRAINING, unload_requested=resident.unload_requested,
-            others_waiting=bool(self._waiters), pinned=resident.spec.pinned, keep_alive_s=resident.keep_alive_s)
+            others_waiting=bool(self._waiters), pinned=self.pinned(resident.spec), keep_alive_s=resident.keep_alive_s)
         if decision.resume:
             self._set_state(resident, State.READY)
         if decision.unload:
@@ -831,9 +836,44 @@ class Arbiter:
 
         self._spawn(load())
 
+    def pinned(self, spec: BaseSpec) -> bool:
+        """Pinned in models.yaml or by an admin: never evicted, no keep-alive expiry."""
+        return spec.pinned or spec.id in self._pins
+
+    def pin(self, spec: BaseSpec, pinned: bool) -> None:
+        """Pin or unpin a model until the server stops. Pinning an absent model loads it, as a
+        models.yaml pin does at start-up (ModelTooLarge if it can never fit); unpinning an idle one
+        starts its keep-alive."""
+        if spec.pinned and not pinned:
+            raise ValueError(f"model {spec.id} is pinned in models.yaml")
+        if pinned == self.pinned(spec):
+            return
+        resident = self._residents.get(spec.id)
+        if pinned and resident is None and spec.id not in self._parked:
+            chosen = self.ladder(spec)
+            if chosen.chosen is None:
+                raise self._refuse(spec, chosen)
+        if pinned:
+            self._pins.add(spec.id)
+        else:
+            self._pins.discard(spec.id)
+        self._ladders.clear()  # every other model's room changed
+        if pinned:
+            if resident is None:
+                self.preload(spec)
+            else:
+                resident.expires_at = None
+                self._cancel_timer(resident)
+        elif resident is not None and resident.state is State.READY and resident.refcount == 0:
+            self._settle_release(resident)
+        self._notify()
+
     async def unload(self, model_id: str) -> bool:
         """Admin unload: now if idle, else once its last lease ends; a parked copy is dropped too.
-        False if neither resident nor parked."""
+        False if neither resident nor parked. An admin's pin ends with it."""
+        if model_id in self._pins:
+            self._pins.discard(model_id)
+            self._ladders.clear()
         had_copy = model_id in self._parked
         self._drop_parked(model_id, "unloaded by an admin")
         resident = self._residents.get(model_id)
@@ -978,6 +1018,7 @@ class Arbiter:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        self._events.changed()
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -1031,6 +1072,7 @@ class Arbiter:
             "loads": self.loads,
             "evictions": dict(self.evictions),
             "switches": dict(self.switches),
+            "queues": dict(self._wanted),  # requests waiting per model, whether it is on the device or not
             "residents": [
                 {
                     "model": r.id,
@@ -1047,7 +1089,7 @@ class Arbiter:
                     "refcount": r.refcount,
                     "slots": r.slots,
                     "queued": self._wanted.get(r.id, 0) if r.state is State.READY else 0,
-                    "pinned": r.spec.pinned,
+                    "pinned": self.pinned(r.spec),
                     "keep_alive_s": -1 if r.keep_alive_s == FOREVER else r.keep_alive_s,  # models.yaml's spelling
                     "expires_in_s": None if r.expires_at is None else round(max(0.0, r.expires_at - now), 3),
                 }

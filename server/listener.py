@@ -20,11 +20,12 @@ log = logging.getLogger("modelyard")
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server, which also ends what still runs just before the shutdown grace is up.
+    """uvicorn's server, which also ends what still runs before the shutdown grace is up.
 
-    uvicorn cancels the tasks still running when the grace ends, so a stream would stop mid-body;
-    ending those generations a moment earlier gives each stream an error event and [DONE] instead
-    (and each non-streaming request a 503)."""
+    An open page's /admin/events stream never ends by itself and would hold the shutdown for the
+    whole grace: those streams end first. uvicorn cancels the tasks still running when the grace
+    ends, so a generation's stream would stop mid-body; ending those a moment earlier gives each
+    stream an error event and [DONE] instead (and each non-streaming request a 503)."""
 
     def __init__(self, config: uvicorn.Config, app: FastAPI, grace_s: float):
         super().__init__(config)
@@ -34,6 +35,7 @@ class Server(uvicorn.Server):
     async def shutdown(self, sockets=None) -> None:
         services = getattr(self.app.state, "services", None)
         if services is not None:
+            services.events.close()
             margin = min(1.0, self.grace_s / 2)
             error = ShuttingDown("the server shut down before this request finished", retry_after_s=5)
             asyncio.get_running_loop().call_later(self.grace_s - margin, services.in_flight.end_all, error)

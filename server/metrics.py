@@ -159,6 +159,8 @@ class Metrics:
     def switched(self, reason: str) -> None:
         self.switches.labels(reason).inc()
 
+    def changed(self) -> None: ...  # the event hub's cue (server/events.py); no metric of its own
+
     # ---- requests ------------------------------------------------------------------------------
 
     def observe_request(self, endpoint: str, model: str | None, status: int, seconds: float) -> None:

@@ -13,10 +13,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.errors import AuthenticationError, HostNotAllowed, ModelyardError, PayloadTooLarge, error_response
 from server.settings import Settings, is_loopback
 
-PUBLIC_PATHS = frozenset({"/health", "/health/ready", "/metrics"})
+PUBLIC_PATHS = frozenset({"/health", "/health/ready", "/metrics", "/", "/ui"})
 # Image URLs carry a random 192-bit id that expires: the URL itself is the credential, so an <img>
 # tag (Open WebUI, a browser) can show it without the API key. The Host check still applies.
-PUBLIC_PREFIXES = ("/v1/images/files/",)
+# The page's files (/ui, /ui/*) hold no data: a browser loads them without a key, and the page
+# then asks for one and sends it with every call it makes (server/routes/ui.py).
+PUBLIC_PREFIXES = ("/v1/images/files/", "/ui/")
 
 
 class KeyRing:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from backends.plan import Device
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
+from server.events import EventHub
 from server.imagestore import ImageStore
 from server.inflight import InFlight
 from server.memory import MemoryProbe
@@ -30,6 +31,7 @@ class Services:
     audio_scratch: ScratchDir  # decoded uploads on their way to a worker
     responses: ResponseStore  # /v1/responses kept with store: true
     started_at: int
+    events: EventHub  # the arbiter's events as streams (/admin/events)
     in_flight: InFlight = field(default_factory=InFlight)  # generations a shutdown must end
 
 

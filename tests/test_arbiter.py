@@ -859,3 +859,107 @@ async def test_a_burst_on_a_one_slot_model_does_not_hold_another_model_past_the_
     assert bench.clock.now() - arrived <= 30  # a's backlog waits in the queue; only its current request drains
     await bench.until(asyncio.gather(*burst), step=5)
     assert bench.factory.started == ["a", "b", "a"]
+
+
+# ---- run-time pins and what the page is told (issue 16) ---------------------------------------------
+
+
+@scenario
+async def test_a_model_pinned_at_run_time_is_not_evicted_and_does_not_expire():
+    bench = Bench(budget_mb=1000)
+    a = model("a", 500, keep_alive=60)
+    await bench.use(a)
+    bench.arbiter.pin(a, True)
+    assert bench.resident("a")["pinned"] and bench.resident("a")["expires_in_s"] is None
+    await bench.clock.advance(600)
+    assert bench.resident("a") is not None
+    with pytest.raises(ModelTooLarge, match="pinned"):
+        await bench.arbiter.acquire(model("b", 600))
+    await bench.use(model("c", 400))
+    assert bench.residents() == {"a", "c"}
+
+
+@scenario
+async def test_pinning_an_absent_model_loads_it():
+    bench = Bench()
+    a = model("a")
+    bench.arbiter.pin(a, True)
+    await settle()
+    assert bench.resident("a")["state"] == "ready" and bench.resident("a")["pinned"]
+
+
+@scenario
+async def test_a_model_that_can_never_fit_is_not_pinned():
+    bench = Bench(budget_mb=1000)
+    huge = model("huge", 2000)
+    with pytest.raises(ModelTooLarge):
+        bench.arbiter.pin(huge, True)
+    assert not bench.arbiter.pinned(huge) and bench.factory.started == []
+
+
+@scenario
+async def test_unpinning_an_idle_model_starts_its_keep_alive():
+    bench = Bench()
+    a = model("a", keep_alive=60)
+    await bench.use(a)
+    bench.arbiter.pin(a, True)
+    await bench.clock.advance(120)
+    bench.arbiter.pin(a, False)
+    assert not bench.resident("a")["pinned"] and bench.resident("a")["expires_in_s"] == 60
+    await bench.clock.advance(60)
+    assert bench.resident("a") is None and bench.arbiter.evictions == {"keep_alive": 1}
+
+
+@scenario
+async def test_a_models_yaml_pin_cannot_be_lifted_at_run_time():
+    bench = Bench()
+    pinned = model("p", pinned=True)
+    with pytest.raises(ValueError, match=r"models\.yaml"):
+        bench.arbiter.pin(pinned, False)
+    assert bench.arbiter.pinned(pinned)
+
+
+@scenario
+async def test_an_admin_unload_ends_a_run_time_pin():
+    bench = Bench()
+    a = model("a")
+    bench.arbiter.pin(a, True)
+    await settle()
+    assert await bench.arbiter.unload("a")
+    assert not bench.arbiter.pinned(a) and bench.resident("a") is None
+
+
+@scenario
+async def test_the_arbiter_reports_a_change_for_each_state_a_snapshot_shows():
+    bench = Bench()
+    changes = []
+
+    def seen(*_) -> None:  # the event hub publishes a snapshot after any report
+        changes.append(bench.resident("a")["state"] if bench.resident("a") else None)
+
+    for report in ("changed", "memory", "placed", "queue"):
+        setattr(bench.events, report, seen)
+    a = model("a")
+    lease = await bench.arbiter.acquire(a)
+    assert "loading" in changes and changes[-1] == "ready"
+    changes.clear()
+    await bench.arbiter.unload("a")  # it is in use: it drains
+    assert changes == ["draining"]
+    lease.release()
+    await settle()
+    assert changes[-1] is None
+
+
+@scenario
+async def test_the_snapshot_counts_the_requests_waiting_for_each_model():
+    bench = Bench()
+    a, b = model("a"), model("b")
+    gate = bench.factory.hold("a")
+    waiting = [asyncio.create_task(bench.arbiter.acquire(a)) for _ in range(3)]
+    waiting.append(asyncio.create_task(bench.arbiter.acquire(b)))
+    await settle()
+    assert bench.arbiter.snapshot()["queues"] == {"a": 3, "b": 1}
+    gate.set()
+    for lease in await asyncio.gather(*waiting):
+        lease.release()
+    assert bench.arbiter.snapshot()["queues"] == {}

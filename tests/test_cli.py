@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -151,3 +152,54 @@ def test_default_registry_serves_the_openai_client(tmp_path):
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_sigterm_ends_the_event_streams_rather_than_waiting_out_the_grace_period(server_process):
+    process, base, _ = server_process  # MODELYARD_SHUTDOWN_GRACE_S=10
+    opened = threading.Event()
+    ended: list[float] = []
+
+    def watch() -> None:
+        with httpx.stream("GET", base + "/admin/events", timeout=httpx.Timeout(10, read=None)) as response:
+            opened.set()
+            for _ in response.iter_lines():
+                pass
+        ended.append(time.monotonic())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert opened.wait(10)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(15) in (0, -signal.SIGTERM)
+    watcher.join(5)
+    assert ended and ended[0] - signalled < 5, "an open event stream held the shutdown"
+
+
+def test_the_events_command_follows_loads_and_swaps(server_process):
+    _, base, port = server_process
+    follower = subprocess.Popen([sys.executable, "-m", "server", "events", "--port", str(port)], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(follower.stdout), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 15
+        while not any("device 0/" in line for line in lines):  # the first snapshot: nothing loaded
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+        client.chat.completions.create(model="quick", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+        on_device = re.compile(r"device \d+/\d+ MiB: quick ready \d+")  # a snapshot: what is on the device
+        while not any(on_device.search(line) for line in lines):
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+        assert cli_main(["unload", "quick", "--port", str(port)]) == 0
+        while not any("quick: unloaded (admin)" in line for line in lines):
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+    finally:
+        follower.terminate()
+        follower.wait(10)
+    text = "".join(lines)
+    assert "quick: loading at full" in text and "quick: ready, from disk in" in text
