@@ -70,6 +70,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_media.py
 	$(BIN)/python bench/bench_scheduler.py
 	$(BIN)/python bench/bench_hf.py
+	$(BIN)/python bench/bench_perf.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
