@@ -70,6 +70,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_media.py
 	$(BIN)/python bench/bench_scheduler.py
 	$(BIN)/python bench/bench_hf.py
+	$(BIN)/python bench/bench_onnx.py
+	$(BIN)/python bench/bench_warm.py
+	$(BIN)/python bench/bench_schema.py
+	$(BIN)/python bench/bench_connections.py
 	$(BIN)/python bench/bench_perf.py
 
 clean:

@@ -11,3 +11,4 @@ class Capability(StrEnum):
     TRANSCRIPTION = "transcription"
     SPEECH = "speech"
     RERANK = "rerank"
+    VISION = "vision"  # chat messages may carry images

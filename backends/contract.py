@@ -82,6 +82,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_CAPABILITY = "unsupported_model_capability"  # the model does not do this at all
     UNSUPPORTED_PARAMETER = "unsupported_parameter"  # the model cannot honour this parameter
     CANCELLED = "cancelled"
+    ADAPTER_LOAD_FAILED = "adapter_load_failed"  # a declared LoRA adapter would not load; the base serves on
 
 
 class InvalidInput(Exception):
@@ -120,6 +121,14 @@ class SamplingParams:
     # Constrained output: None or a ResponseFormat. Tool calls reach engines as a json_schema, or
     # (ChatParams.tool_format) as tools held to their schemas in the model's own syntax.
     response_format: ResponseFormat | None = None
+    adapter: str | None = None  # a LoRA adapter of the model, by its models.yaml name; None: the base alone
+
+
+class ImagePart(TypedDict):
+    """An image in a chat message's content as a worker receives it: `image` indexes ChatParams.images."""
+
+    type: Literal["image"]
+    image: int
 
 
 @dataclass
@@ -133,6 +142,9 @@ class ChatParams(SamplingParams):
     tool_choice: Any = None
     tool_format: str | None = None
     parallel_tool_calls: bool = True  # False: the grammar ends the answer after one call
+    # Images the messages' ImageParts point at: base64 PNGs, upright RGB, decoded, checked and sized by
+    # the server (server/image_input.py); only a vision model is sent any.
+    images: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -166,6 +178,7 @@ class TokenizeParams:
     messages: list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None  # rendered with the messages, as a chat request would
     add_special_tokens: bool = True
+    images: list[str] = field(default_factory=list)  # as ChatParams.images; each image's tokens appear as -1
 
 
 @dataclass

@@ -7,6 +7,7 @@ from backends.diffusion.spec import DiffusionSpec
 from backends.fake.spec import FakeSpec
 from backends.gguf.spec import GgufSpec
 from backends.hf.spec import HfSpec
+from backends.onnx.spec import OnnxSpec
 from backends.seamless.spec import SeamlessSpec
 from backends.spec import BaseSpec
 from backends.vits.spec import VitsSpec
@@ -22,5 +23,6 @@ SPECS: tuple[type[BaseSpec], ...] = (
     Wav2Vec2Spec,
     SeamlessSpec,
     VitsSpec,
+    OnnxSpec,
 )
 

@@ -72,6 +72,17 @@ class MemoryEstimate:
 ParkForm = Literal["none", "files", "bundle"]
 
 
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A LoRA adapter declared for a model (models.yaml `adapters`): loaded beside its base in the same
+    worker, chosen per request as `<model>:<name>`."""
+
+    name: str
+    path: Path  # llama.cpp: a GGUF with adapter.type = lora; Hugging Face: a PEFT adapter directory
+    scale: float = 1.0
+    bytes: int = 0  # its weights as they sit in memory, from the file headers (0: unreadable)
+
+
 @dataclass(frozen=True, kw_only=True)
 class LoadPlan:
     """Every decision a load makes, made before it; an engine's plan adds its own fields."""
@@ -92,6 +103,10 @@ class LoadPlan:
     max_context_length: int | None = None  # the window the model was trained for (context_length <= it)
     fim: bool = False  # completions take a suffix (the model has fill-in-the-middle tokens)
     tool_format: str | None = None  # a chat model's tool-call syntax (backends/tools.py ToolFormat)
+    # A vision model: images one request may carry (0: none, a text model), and the edge in pixels of
+    # the square its encoder reads (a `detail: low` image is scaled to fit one).
+    max_images: int = 0
+    image_size: int | None = None
     source: Literal["disk", "ram"] = "disk"  # ram: loads from the warm tier's copy of a parked model
 
     def estimate(self) -> MemoryEstimate:

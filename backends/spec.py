@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backends.capability import Capability
-from backends.plan import Device, LoadPlan
+from backends.plan import Device, LoadPlan, LoraAdapter
 
 FOREVER = math.inf  # a keep-alive that never expires (-1 in models.yaml and requests)
 MAX_KEEP_ALIVE_S = 10**9  # ~31 years; longer is what -1 (forever) is for
@@ -52,6 +52,18 @@ def parse_keep_alive(value: Any) -> float:
     return FOREVER if seconds < 0 else seconds
 
 
+class AdapterEntry(BaseModel):
+    """One LoRA adapter of a model (models.yaml `adapters:`), served as the model id `<model>:<name>`
+    (and its aliases) by the base's own worker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@+-]+$")
+    path: Path
+    scale: float = Field(1.0, gt=0, le=16, description="Multiplies the adapter's own alpha/rank scaling.")
+    aliases: tuple[str, ...] = ()
+
+
 class BaseSpec(BaseModel):
     """One models.yaml entry; each engine adds `backend: Literal[...]`, its `options` and `resolve`."""
 
@@ -68,10 +80,12 @@ class BaseSpec(BaseModel):
         None, description="Fit-ladder rungs this model may take when it does not fit the budget as configured "
         "(context, offload, compute, cpu); default: the engine's (GGUF: context, offload, cpu; others: none).")
     min_context: int = Field(2048, ge=16, description="The smallest context the `context` rung may shrink to.")
+    adapters: tuple[AdapterEntry, ...] = Field((), description="LoRA adapters served beside this model.")
     description: str = ""
 
     supported_fit: ClassVar[frozenset[str]] = frozenset({"context", "cpu"})
     default_fit: ClassVar[tuple[Rung, ...]] = ()
+    takes_adapters: ClassVar[bool] = False  # engines that attach LoRA adapters to a loaded model
 
     @field_validator("keep_alive", mode="before")
     @classmethod
@@ -86,9 +100,27 @@ class BaseSpec(BaseModel):
                              f"(they can take: {', '.join(sorted(self.supported_fit))})")
         return self
 
+    @model_validator(mode="after")
+    def _adapters_valid(self) -> BaseSpec:
+        if self.adapters and not self.takes_adapters:
+            raise ValueError(f"{self.backend} models take no LoRA adapters (gguf and hf text models do)")
+        names = [a.name for a in self.adapters]
+        if len(set(names)) != len(names):
+            raise ValueError("adapter names must be unique within a model")
+        return self
+
     @property
     def names(self) -> tuple[str, ...]:
         return (self.id, *self.aliases)
+
+    def adapter_names(self, adapter: AdapterEntry) -> tuple[str, ...]:
+        """The model ids an adapter is requested by: `<model>:<name>`, then its aliases."""
+        return (f"{self.id}:{adapter.name}", *adapter.aliases)
+
+    def lora_plans(self, weight_bytes) -> tuple[LoraAdapter, ...]:
+        """The adapters as plans carry them, each sized by `weight_bytes(path)` (0 when unreadable)."""
+        return tuple(LoraAdapter(name=a.name, path=a.path, scale=a.scale, bytes=weight_bytes(a.path))
+                     for a in self.adapters)
 
     @property
     def fit_rungs(self) -> tuple[Rung, ...]:
@@ -101,8 +133,8 @@ class BaseSpec(BaseModel):
         raise NotImplementedError
 
     def files(self) -> Iterable[Path]:
-        """Model files this spec reads; they must lie inside the allowed directories."""
-        return ()
+        """Model files this spec reads (adapters' included); they must lie inside the allowed directories."""
+        return tuple(a.path for a in self.adapters)
 
     def resolve(self, device: Device) -> LoadPlan:
         """Every load-time decision for this model on `device`. Reads file headers, never weights,

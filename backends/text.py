@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,11 +76,18 @@ class ChatTemplate:
             self._template = env.from_string(self.source)
         except TemplateError as exc:
             raise InvalidInput(f"the model's chat template does not compile: {exc}", param="model") from None
+        # A vision processor's template walks content parts itself ({"type": "image"} among them).
+        self.reads_parts = bool(_READS_IMAGE_PARTS.search(self.source))
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-               **special_tokens: str) -> str:
-        """The prompt for these messages, ending where the assistant's answer begins."""
-        messages = [_plain(m) for m in messages]
+               image_marker: str | None = None, **special_tokens: str) -> str:
+        """The prompt for these messages, ending where the assistant's answer begins. Images
+        (contract ImageParts) reach a template that reads parts as {"type": "image"} parts; any
+        other template sees `image_marker` where each was (a text model refuses them)."""
+        if self.reads_parts and image_marker is not None:
+            messages = [_as_parts(m) for m in messages]
+        else:
+            messages = [_plain(m, image_marker) for m in messages]
         if tools and "tools" not in self.source:
             # A template that knows nothing of tools must still show them to the model.
             messages = [{"role": "system", "content": "You may call these tools: " + json.dumps(tools)}, *messages]
@@ -93,19 +101,38 @@ class ChatTemplate:
                                param="messages") from None
 
 
-def _plain(message: dict[str, Any]) -> dict[str, Any]:
-    """Content parts flattened to text; a text model refuses any other part."""
+_READS_IMAGE_PARTS = re.compile(r"""['"]image['"]""")
+
+
+def _plain(message: dict[str, Any], image_marker: str | None = None) -> dict[str, Any]:
+    """Content parts flattened to text, each image as `image_marker` on its own line; without a
+    marker (a text model) any part but text is refused."""
     content = message.get("content")
     if isinstance(content, list):
         parts = []
         for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text"):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "image" and image_marker is not None:
+                parts.append(image_marker + "\n")
+            elif kind == "text":
+                parts.append(str(part.get("text", "")))
+            else:
                 raise InvalidInput("this model accepts only text content parts", param="messages")
-            parts.append(str(part.get("text", "")))
         return {**message, "content": "".join(parts)}
     if content is None:
         return {**message, "content": ""}
     return message
+
+
+def _as_parts(message: dict[str, Any]) -> dict[str, Any]:
+    """Content as the parts list a vision processor's template walks (as transformers hands it one)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        parts = [{"type": "image"} if isinstance(p, dict) and p.get("type") == "image" else
+                 {"type": "text", "text": str(p.get("text", ""))} for p in content if isinstance(p, dict)]
+    else:
+        parts = [{"type": "text", "text": content}] if content else []
+    return {**message, "content": parts}
 
 
 def _tojson(value: Any, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:

@@ -17,6 +17,7 @@ from server.access import AccessMiddleware
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
 from server.events import EventHub, Fanout
+from server.image_input import ImagePolicy
 from server.imagestore import ImageStore
 from server.memory import MemoryProbe, default_budget_mb, default_ram_budget_mb, detect_device
 from server.metrics import Metrics
@@ -106,7 +107,8 @@ def create_app(settings: Settings, *, factory=None, probe: MemoryProbe | None = 
         images = ImageStore(ttl_s=settings.image_ttl_s, max_bytes=settings.image_store_mb * 1024 * 1024)
         responses = ResponseStore(settings.response_ttl_s, settings.response_store_max)
         app.state.services = services = Services(settings, registry, arbiter, metrics, probe, device, images,
-                                                 ScratchDir(), responses, int(time.time()), hub)
+                                                 ScratchDir(), responses, int(time.time()), hub,
+                                                 image_policy=ImagePolicy.of(settings))
         specs = {spec.id: spec for spec in registry}
         metrics.watch_gateway(gateway.GatewayCollector(
             lambda: gateway.occupancy(arbiter.snapshot(), specs, lambda spec: arbiter.plan(spec)[0])))

@@ -7,6 +7,7 @@ server will read it first (server/models_file.py). server/__main__.py only dispa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -79,6 +80,8 @@ def pull(args: argparse.Namespace, settings: Settings) -> int:
     with tempfile.TemporaryDirectory(prefix="modelyard-pull-") as staging:
         staged = remote.stage(selection, Path(staging))
         detected = detect(staged)
+        if selection.projector:  # the estimate counts the projector the model will be served with
+            detected = dataclasses.replace(detected, projector=Path(staging) / selection.projector)
         _print_forecast(detected.entry(args.model_id or default_id), settings)
     if args.dry_run:
         print("dry run: nothing downloaded")
@@ -87,8 +90,8 @@ def pull(args: argparse.Namespace, settings: Settings) -> int:
     detected = detect(local)
     print(f"downloaded to {local}")
     if selection.projector:
-        print(f"vision projector: {remote.projector_path(selection)} (the GGUF engine does not load projectors "
-              "yet; it is kept beside the model)")
+        detected = dataclasses.replace(detected, projector=remote.projector_path(selection))
+        print(f"vision projector: {detected.projector} (served as options.mmproj: chats take images)")
     if args.no_add:
         return 0
     return _add_entry(detected, settings, args.model_id or default_id, f"Pulled from {ref} ({selection.revision[:12]}).")

@@ -33,6 +33,8 @@ class Conversation:
     logprobs: bool = False
     top_logprobs: int = 0
     n: int = 1
+    images: list[str] = field(default_factory=list)  # base64 PNGs the messages' ImageParts point at
+    adapter: str | None = None  # the model's LoRA adapter the request names (`<model>:<adapter>`)
 
     def tool_plan(self) -> tools.ToolPlan:
         """What the engine is asked when tools are in play (ValueError for a tool_choice naming a
@@ -45,7 +47,7 @@ class Conversation:
         template, calls held to their schemas), or for a template with none as our JSON wrapper."""
         base = ChatParams(messages=self.messages, max_tokens=self.max_tokens, logprobs=self.logprobs,
                           top_logprobs=self.top_logprobs if self.logprobs else 0, response_format=self.response_format,
-                          **self.sampling)
+                          images=self.images, adapter=self.adapter, **self.sampling)
         if plan.schema is not None and tool_format is not ToolFormat.JSON:
             base.tools, base.tool_choice, base.tool_format = self.tools, self.tool_choice, tool_format.value
             base.parallel_tool_calls = self.parallel_tool_calls

@@ -146,6 +146,12 @@ class ModelLoadFailed(ModelyardError):
     retryable = False
 
 
+class AdapterLoadFailed(ModelLoadFailed):
+    """A declared LoRA adapter would not load onto its base (which keeps serving)."""
+
+    code = "adapter_load_failed"
+
+
 class ModelLoadTimeout(Unavailable):
     code = "model_load_timeout"
 

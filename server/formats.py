@@ -34,15 +34,18 @@ class Detected:
     path: Path
     options: dict[str, Any] = field(default_factory=dict)
     kind: str = ""  # what it serves, for people: "chat", "embeddings", "images", ...
-    projector: Path | None = None  # a GGUF vision projector found beside the model
+    projector: Path | None = None  # a GGUF vision projector found beside the model (served as options.mmproj)
 
     def entry(self, model_id: str, description: str = "") -> dict[str, Any]:
         """The models.yaml entry for this model."""
         entry: dict[str, Any] = {"id": model_id, "backend": self.backend, "path": str(self.path)}
         if description:
             entry["description"] = description
-        if self.options:
-            entry["options"] = dict(self.options)
+        options = dict(self.options)
+        if self.projector is not None and self.backend == "gguf":
+            options["mmproj"] = str(self.projector)
+        if options:
+            entry["options"] = options
         return entry
 
 

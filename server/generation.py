@@ -36,6 +36,11 @@ def model_for(request: Request, name: str, capability: Capability | frozenset[Ca
     return services_of(request).registry.require(name, capability)
 
 
+def adapter_for(request: Request, name: str) -> str | None:
+    """The LoRA adapter a request's model name asks for (`<model>:<adapter>` or an alias), or None."""
+    return services_of(request).registry.adapter(name)
+
+
 def check_fan_out(params: list[Params], limit: int, context_length: Callable[[], int | None]) -> None:
     """Refuse a request asking for more than `limit` tokens: prompts x n x max_tokens, each call's
     max_tokens counted up to the model's context (no call generates more than that)."""

@@ -2,7 +2,7 @@
 bars, HF_TOKEN, HF_ENDPOINT): which files a repository's model needs, their headers before any
 weight is fetched, and the download.
 
-    modelyard pull bartowski/Meta-Llama-3.1-8B-Instruct-GGUF:Q4_K_M   one quantization (+ its mmproj)
+    modelyard pull bartowski/Meta-Llama-3.1-8B-Instruct-GGUF:Q4_K_M   one quantization (+ its mmproj, as options.mmproj)
     modelyard pull Qwen/Qwen2.5-0.5B-Instruct                         a snapshot of what the engine loads
 
 Before downloading, `stage()` lays out a header-only copy of the selection: small files (configs,
@@ -196,8 +196,6 @@ class Hub:
         for remote in selection.files:
             target = into / remote.path
             target.parent.mkdir(parents=True, exist_ok=True)
-            if remote.path == selection.projector:
-                continue  # not part of the estimate: the GGUF engine loads no projector yet
             with self._errors(selection.repo):
                 if remote.path.endswith(".gguf"):
                     self._stage_gguf(selection, remote, target)

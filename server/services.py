@@ -10,6 +10,7 @@ from backends.plan import Device
 from server.arbiter import Arbiter
 from server.audio import ScratchDir
 from server.events import EventHub
+from server.image_input import ImagePolicy
 from server.imagestore import ImageStore
 from server.inflight import InFlight
 from server.memory import MemoryProbe
@@ -33,6 +34,7 @@ class Services:
     started_at: int
     events: EventHub  # the arbiter's events as streams (/admin/events)
     in_flight: InFlight = field(default_factory=InFlight)  # generations a shutdown must end
+    image_policy: ImagePolicy = field(default_factory=ImagePolicy)  # images in chat requests (set from settings)
 
 
 def services_of(request: Request) -> Services:

@@ -48,6 +48,15 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Cap on a multipart upload.")
     image_ttl_s: float = Field(3600.0, gt=0, le=7 * 86400, description="How long an image URL stays fetchable.")
     image_store_mb: int = Field(256, ge=1, description="Memory held for image URLs (oldest dropped first).")
+    # Images in chat requests (server/image_input.py): data: URLs always; http(s) URLs only from these hosts.
+    image_fetch_hosts: CommaList = Field(
+        default_factory=list, description="Hosts whose http(s) image URLs chat requests may name, comma-separated "
+        "(default none: only data: URLs; a server fetching any URL is an SSRF hole). Private addresses are "
+        "refused even for these hosts.")
+    image_fetch_timeout_s: float = Field(10.0, gt=0, le=300, description="Longest an image fetch may take.")
+    image_max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Cap on one image's encoded bytes.")
+    image_max_pixels: int = Field(40_000_000, ge=64, description="Cap on one image's pixels, read from its header "
+                                  "before decoding (decompression bombs).")
     response_ttl_s: float = Field(3600.0, gt=0, le=7 * 86400,
                                   description="How long a stored response (store: true) stays retrievable.")
     response_store_max: int = Field(1000, ge=0, description="Stored responses kept (oldest dropped first).")
@@ -95,7 +104,7 @@ class Settings(BaseSettings):
         "(default: the address the request arrived on).")
     log_level: str = Field("info", description="Log level.")
 
-    @field_validator("api_keys", "cors_origins", "allowed_hosts", "model_dirs", mode="before")
+    @field_validator("api_keys", "cors_origins", "allowed_hosts", "model_dirs", "image_fetch_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)

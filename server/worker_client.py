@@ -38,6 +38,7 @@ from backends.contract import (
 )
 from backends.plan import LoadPlan, type_name
 from server.errors import (
+    AdapterLoadFailed,
     BackendError,
     ContextLengthExceeded,
     EngineTimeout,
@@ -168,7 +169,8 @@ class Call:
 
 
 _INVALID = {ErrorCode.UNSUPPORTED_CAPABILITY: UnsupportedCapability,
-            ErrorCode.CONTEXT_LENGTH_EXCEEDED: ContextLengthExceeded}
+            ErrorCode.CONTEXT_LENGTH_EXCEEDED: ContextLengthExceeded,
+            ErrorCode.ADAPTER_LOAD_FAILED: AdapterLoadFailed}
 
 
 def _map_error(err: ErrorReply, label: str) -> ModelyardError:

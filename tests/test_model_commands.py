@@ -58,7 +58,7 @@ def hub(demo, big_vocab_gguf):
     gguf = (demo / "tiny-llama.gguf").read_bytes()
     stub.add("modelyard-test/tiny-llama-GGUF", {
         "tiny-llama-Q4_K_M.gguf": gguf, "tiny-llama-Q8_0.gguf": gguf, "README.md": b"# tiny",
-        "mmproj-tiny-llama-F16.gguf": demo / "tiny-embed.gguf"})
+        "mmproj-tiny-llama-F16.gguf": demo / "tiny-llava-mmproj.gguf"})
     stub.add("modelyard-test/tiny-hf", {**files_of(demo / "tiny-hf"), "pytorch_model.bin": b"\x80\x04pickle",
                                         "original/consolidated.00.pth": b"\x80\x04pickle"})
     sd = files_of(demo / "tiny-sd")
@@ -126,6 +126,7 @@ def test_pull_gguf_quant_estimates_from_its_header_then_downloads_adds_and_serve
     # ... and it is the engine's own estimate: the same figures the arbiter computes for the real file.
     (added,) = [e for e in registry_entries(tmp) if e["id"] != "house-chat"]
     assert added["id"] == "tiny-llama:q8_0" and added["backend"] == "gguf"
+    assert added["options"]["mmproj"].endswith("mmproj-tiny-llama-F16.gguf"), "served with its projector"
     local = Path(added["path"])
     assert local.is_file() and local.is_relative_to(tmp / "hub")
     real = parse_spec(added).resolve(Device("cpu", 60)).estimate()

@@ -44,8 +44,8 @@ def test_default_registry_serves_the_demo_hf_models_from_the_cache(demo_root):
     paths = {spec.id: spec.path for spec in registry if spec.backend == "hf"}
     assert paths == {"demo-hf": demo_root / "tiny-hf", "demo-bnb4": demo_root / "tiny-hf",
                      "demo-bnb8": demo_root / "tiny-hf", "demo-gptq": demo_root / "tiny-gptq",
-                     "demo-embed-hf": demo_root / "tiny-embed-hf",
-                     "demo-rerank": demo_root / "tiny-rerank-hf"}  # "~" expanded
+                     "demo-embed-hf": demo_root / "tiny-embed-hf", "demo-rerank": demo_root / "tiny-rerank-hf",
+                     "demo-llava-hf": demo_root / "tiny-llava-hf", "demo-blip2": demo_root / "tiny-blip2"}  # "~" expanded
     assert registry.get("demo-gptq").resolve(Device()).quantization == "gptq"  # from the checkpoint's config.json
     assert registry.get("demo-embed-hf").capabilities == {Capability.EMBEDDING}
     assert registry.get("demo-bnb4").capabilities == {Capability.CHAT, Capability.COMPLETION}

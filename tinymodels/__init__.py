@@ -16,7 +16,8 @@ from pathlib import Path
 DEFAULT_ROOT = Path("~/.cache/modelyard/demo").expanduser()
 
 # Each builder module has build(root: Path) -> None, idempotent, atomic per model.
-BUILDERS = ("tinymodels.gguf", "tinymodels.hf", "tinymodels.media", "tinymodels.speech")
+BUILDERS = ("tinymodels.gguf", "tinymodels.hf", "tinymodels.media", "tinymodels.speech", "tinymodels.onnx",
+            "tinymodels.vision", "tinymodels.lora")
 
 
 def build_all(root: Path = DEFAULT_ROOT) -> Path:

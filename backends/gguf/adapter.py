@@ -5,7 +5,8 @@ that the Cancel flag is checked between tokens, several requests decode in one b
 (scheduler.py owns the context on one thread), logprobs come from the raw logits, and chat
 templates render in jinja2's sandbox (llama-cpp-python's own template path was CVE-2024-34359).
 Embedding models and rerankers (rank pooling: a classification head per sequence) decode their
-inputs as pooled sequences under a lock.
+inputs as pooled sequences under a lock. A projector file gives chats images (vision.py); declared
+LoRA adapters load beside the base and are chosen per request (lora.py).
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from backends.contract import (
 )
 from backends.gguf import sampler as sampling
 from backends.gguf.file import GgufFile
+from backends.gguf.lora import Loras
 from backends.gguf.plan import GgufPlan
 from backends.gguf.scheduler import Scheduler, Sequence
 from backends.gguf.stream import TokenStream, Vocab
 from backends.gguf.tokenizer import PromptTokenizer
+from backends.gguf.vision import ImagePrompt, Projector, image_slots
 from backends.guidance import Constraint, llama_tokenizer
 from backends.plan import MIB
 from backends.tools import ToolConstraint
@@ -68,8 +71,11 @@ class GgufAdapter:
             raise RuntimeError(f"llama.cpp could not load {plan.path.name}: {exc}") from None
         if plan.pooled and plan.flash_attn != "off":
             self._pooled_context(plan)
-        self._counters = {"tokens_generated": 0, "peak_sequences": 0, "engine_s": 0.0, "engine_cpu_s": 0.0}
+        self._counters = {"tokens_generated": 0, "peak_sequences": 0, "images": 0, "engine_s": 0.0, "engine_cpu_s": 0.0}
+        self.loras: Loras | None = None
         self.scheduler = None if plan.pooled else self._batching_scheduler(plan.n_parallel)
+        self.projector = Projector(llama_cpp, self.llama._model.model, plan.mmproj, plan.n_threads_batch,
+                                   use_gpu=plan.device == "cuda") if plan.mmproj else None
         self.vocab = Vocab(llama_cpp, self.llama, spm=self.file.metadata.get("tokenizer.ggml.model") == "llama")
         self.tokenizer = PromptTokenizer(llama_cpp, self.llama)
         self._template_source = plan.chat_template or self.file.chat_template
@@ -85,18 +91,24 @@ class GgufAdapter:
     def memory_mb(self) -> float:
         weights = self._lc.llama_model_size(self.llama._model.model)
         logits = self.vocab.n_vocab * 4 * min(self.n_ctx, 512)  # output buffer for a full micro-batch
-        return (weights + logits) / MIB + self.plan.estimate().kv_cache_mb + 16.0
+        beside = (self.loras.memory_bytes() if self.loras else 0) + (self.plan.mmproj_bytes if self.projector else 0)
+        return (weights + logits + beside) / MIB + self.plan.estimate().kv_cache_mb + 16.0
 
     def stats(self) -> dict[str, Any]:
-        return {**self._counters, "prompt_tokens": self._prompt_tokens,
-                "requests": self._requests, "n_ctx": self.n_ctx, "pooled_batches": self._embedder.batches}
+        return {**self._counters, "prompt_tokens": self._prompt_tokens, "requests": self._requests,
+                "n_ctx": self.n_ctx, "pooled_batches": self._embedder.batches,
+                "adapters": self.loras.state() if self.loras else {}}
 
     def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.close()
+            if self.loras is not None:
+                self.loras.close()
             self.ctx.close()
         else:
             self.llama._ctx.close()  # ours, maybe (_pooled_context): the loader closes only its own
+        if self.projector is not None:
+            self.projector.close()
         self.llama.close()
 
     def _flash_attn(self, plan: GgufPlan) -> int:
@@ -128,18 +140,30 @@ class GgufAdapter:
             self.ctx = _internals.LlamaContext(model=self.llama._model, params=params, verbose=False)
         except ValueError as exc:
             raise RuntimeError(f"llama.cpp could not create a {self.n_ctx}-token context: {exc}") from None
+        if self.plan.adapters:
+            self.loras = Loras(self._lc, self.llama._model.model, self.ctx.ctx, self.plan.adapters, self.plan.path)
         return Scheduler(self._lc, self.ctx, self.n_ctx, n_parallel, params.n_batch, self.llama.n_vocab(),
-                         self._counters)
+                         self._counters, use_group=self.loras.use if self.loras else None)
 
     # ---- capabilities --------------------------------------------------------------------------
 
     def chat(self, params: ChatParams, cancel: Cancel) -> Chunks:
         self._text_model()
-        prompt = self._chat_prompt(params.messages, params.tools)
+        marker = self.projector.marker if self.projector else None
+        prompt = self._chat_prompt(params.messages, params.tools, marker)
         add_bos = self.vocab.adds_bos and not prompt.startswith(self.vocab.text(self.vocab.bos))
-        tokens = self._tokenize(prompt, add_bos, cancel, "messages")
         top = params.top_logprobs if params.logprobs else None
-        return (yield from self._generate(tokens, params, cancel, top=top, param="messages"))
+        if self.projector is None or not params.images:
+            tokens = self._tokenize(prompt, add_bos, cancel, "messages")
+            return (yield from self._generate(tokens, params, cancel, top=top, param="messages"))
+        text.check_bytes(prompt, self.n_ctx, self.tokenizer.longest_token_bytes, "messages")
+        images = [params.images[i] for i in image_slots(params.messages)]
+        tokens, media = self.projector.prompt(prompt, images, add_bos)
+        self._counters["images"] += media.count
+        try:
+            return (yield from self._generate(tokens, params, cancel, top=top, param="messages", media=media))
+        finally:
+            media.close()
 
     def complete(self, params: CompletionParams, cancel: Cancel) -> Chunks:
         self._text_model()
@@ -240,13 +264,19 @@ class GgufAdapter:
         yield from ()
         if params.messages is not None:
             self._text_model()
-            prompt = self._chat_prompt(params.messages, params.tools)
+            prompt = self._chat_prompt(params.messages, params.tools, self.projector.marker if self.projector else None)
             add_bos = self.vocab.adds_bos and not prompt.startswith(self.vocab.text(self.vocab.bos))
         else:
             prompt, add_bos = params.text or "", params.add_special_tokens and self.vocab.adds_bos
-        tokens = self.llama.tokenize(prompt.encode(), add_bos=add_bos, special=True)
-        return {"tokens": tokens,
-                "pieces": [self.vocab.piece(t, special=True).decode("utf-8", errors="replace") for t in tokens]}
+        if params.images and params.messages is not None and self.projector is not None:
+            images = [params.images[i] for i in image_slots(params.messages)]
+            tokens, media = self.projector.prompt(prompt, images, add_bos)
+            media.close()
+            tokens = [max(t, -1) for t in tokens]  # an image's positions, as the contract shows them
+        else:
+            tokens = self.llama.tokenize(prompt.encode(), add_bos=add_bos, special=True)
+        return {"tokens": tokens, "pieces": [self.vocab.piece(t, special=True).decode("utf-8", errors="replace")
+                                             if t >= 0 else "<image>" for t in tokens]}
 
     def detokenize(self, params: DetokenizeParams, cancel: Cancel) -> Chunks:
         yield from ()
@@ -259,8 +289,9 @@ class GgufAdapter:
         if self.plan.pooled:
             raise text.unsupported(self.model_id, "is an embedding model" if self.plan.embedding else "is a reranker")
 
-    def _chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-        return self._chat_template().render(messages, tools, bos_token=self.vocab.text(self.vocab.bos),
+    def _chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                     image_marker: str | None = None) -> str:
+        return self._chat_template().render(messages, tools, image_marker, bos_token=self.vocab.text(self.vocab.bos),
                                             eos_token=self.vocab.text(self.vocab.eos))
 
     def _chat_template(self) -> text.ChatTemplate:
@@ -295,7 +326,8 @@ class GgufAdapter:
     # ---- decoding ------------------------------------------------------------------------------
 
     def _generate(self, tokens: list[int], params: SamplingParams, cancel: Cancel, *, top: int | None,
-                  param: str, echo: str | None = None) -> Chunks:
+                  param: str, echo: str | None = None, media: ImagePrompt | None = None) -> Chunks:
+        group = self._adapter(params.adapter)
         text.check_context(len(tokens), self.n_ctx, param)
         bias = text.logit_bias(params.logit_bias, self.vocab.n_vocab)
         constraint = self._constraint(params)
@@ -307,7 +339,7 @@ class GgufAdapter:
         stream = TokenStream(self.vocab, tokens, params.stop, top, echo)
         sampler = sampling.chain(params, bias, self.vocab.n_vocab)
         seq = Sequence(tokens, sampler, budget, stream, cancel, prompt_logits=echo is not None and top is not None,
-                       constraint=constraint)
+                       constraint=constraint, group=group, media=media)
         ended = False
         try:
             if echo is not None and top is None:
@@ -332,6 +364,14 @@ class GgufAdapter:
                 except queue.Empty:
                     return  # the scheduler is gone (shutdown); leave the sampler to the process exit
             sampler.close()
+
+    def _adapter(self, name: str | None) -> str | None:
+        """The LoRA adapter a request decodes with (None: the base); refused if not loaded."""
+        if self.loras is not None:
+            return self.loras.require(name, self.model_id)
+        if name is not None:
+            raise InvalidInput(f"model {self.model_id} has no adapter {name!r}", param="model")
+        return None
 
     def _constraint(self, params: SamplingParams) -> Constraint | ToolConstraint | None:
         return tools.constraint_for(params, self._llguidance_vocab, self.vocab.n_vocab,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from backends.plan import MIB, POOLED_PARALLEL, LoadPlan, MemoryEstimate
+from backends.plan import MIB, POOLED_PARALLEL, LoadPlan, LoraAdapter, MemoryEstimate
 
 BUFFERS_MB = 48  # llama.cpp's compute and output buffers for a small model, roughly
 
@@ -34,6 +34,10 @@ class GgufPlan(LoadPlan):
     output_bytes: int = 0  # output norm and head (the input embeddings when they are tied)
     input_bytes: int = 0  # token embeddings: llama.cpp keeps them on the CPU
     flash_attn: str = "auto"  # auto | on | off, as llama.cpp's --flash-attn
+    adapters: tuple[LoraAdapter, ...] = ()  # LoRA adapters loaded beside the base (gguf/lora.py)
+    mmproj: Path | None = None  # the vision projector (gguf/vision.py); on the GPU with the model
+    mmproj_bytes: int = 0
+    encoder_bytes: int = 0  # the vision encoder's working memory for one image tile
 
     @property
     def pooled(self) -> bool:
@@ -41,9 +45,13 @@ class GgufPlan(LoadPlan):
         return self.embedding or self.rerank
 
     def estimate(self) -> MemoryEstimate:
+        """The base's weights and KV pool (image tokens take cells in it like text), plus the adapters,
+        the vision projector and its encoder's working memory, which live beside the model."""
         kv = 0 if self.pooled else self.kv_bytes_per_token * self.context_length
+        beside = sum(a.bytes for a in self.adapters) + self.mmproj_bytes
         if self.device == "cpu":
-            return MemoryEstimate(weights_mb=self.file_bytes / MIB, kv_cache_mb=kv / MIB, buffers_mb=BUFFERS_MB,
+            return MemoryEstimate(weights_mb=(self.file_bytes + beside) / MIB, kv_cache_mb=kv / MIB,
+                                  activations_mb=self.encoder_bytes / MIB, buffers_mb=BUFFERS_MB,
                                   runtime_mb=self.runtime_mb)
         blocks = len(self.layer_bytes)
         if blocks and 0 <= self.n_gpu_layers <= blocks:  # partial offload: the rest stays in RAM
@@ -54,7 +62,8 @@ class GgufPlan(LoadPlan):
             weights = self.file_bytes - self.input_bytes
             kv_gpu = kv
         host = self.file_bytes - weights + kv - kv_gpu
-        return MemoryEstimate(weights_mb=weights / MIB, kv_cache_mb=kv_gpu / MIB, buffers_mb=BUFFERS_MB,
+        return MemoryEstimate(weights_mb=(weights + beside) / MIB, kv_cache_mb=kv_gpu / MIB,
+                              activations_mb=self.encoder_bytes / MIB, buffers_mb=BUFFERS_MB,
                               runtime_mb=self.runtime_mb, host_mb=host / MIB)
 
     def offload_split(self, room_mb: float) -> int | None:
@@ -71,10 +80,10 @@ class GgufPlan(LoadPlan):
         return POOLED_PARALLEL if self.pooled else self.n_parallel
 
     def warm_files(self) -> tuple[Path, ...]:
-        return (self.path,)
+        return (self.path, *((self.mmproj,) if self.mmproj else ()), *(a.path for a in self.adapters))
 
     def warm_mb(self) -> float:
-        return self.file_bytes / MIB
+        return (self.file_bytes + self.mmproj_bytes + sum(a.bytes for a in self.adapters)) / MIB
 
     def from_warm(self, location: Path) -> GgufPlan:
         return dataclasses.replace(self, path=location, source="ram")

@@ -7,6 +7,12 @@ requests that do not fit wait for others to finish. Each idle slot keeps its las
 cells, and a new request takes the idle slot sharing the longest prefix (chat follow-ups skip
 re-reading the conversation); other idle slots are cleared then.
 
+LoRA adapters apply to the whole context, so one step decodes the sequences of one adapter (or
+of the base): with several in play, steps take turns among them, and a slot's cached cells are
+reused only by a request for the same adapter. An image in a prompt (gguf/vision.py) sits in the
+token list as placeholders (one negative id per image, repeated for its positions); its
+embeddings are decoded apart, on this thread, just before the text that follows it.
+
 What a sequence produces is decided by its `stream` (stream.py): emit(token, logits) ->
 (finish reason, chunk, counted); prompt_logits(row) for each prompt position and then
 prompt_done() -> the echo chunk, when the prompt's logprobs are asked for;
@@ -35,7 +41,7 @@ class Sequence:
     ("error", exception)."""
 
     def __init__(self, tokens: list[int], sampler, budget: int, stream, cancel, prompt_logits: bool = False,
-                 constraint=None):
+                 constraint=None, group: str | None = None, media=None):
         self.tokens = tokens
         self.sampler = sampler
         self.budget = budget
@@ -46,6 +52,8 @@ class Sequence:
         # The worker's pipe, when it gave one: chunks go out from the scheduler's thread, and only the
         # end or an error through `events` (the call's thread would otherwise wake once per token).
         self.outlet = getattr(cancel, "outlet", None)
+        self.group = group  # the LoRA adapter it decodes with (None: the base)
+        self.media = media  # gguf/vision.py ImagePrompt: decodes the images its placeholders stand for
         self.events: queue.Queue = queue.Queue()
         self.slot: int | None = None
         self.n_past = 0
@@ -66,7 +74,8 @@ class Sequence:
 
 
 class Scheduler:
-    def __init__(self, lc, ctx, n_ctx: int, n_parallel: int, n_batch: int, n_vocab: int, counters: dict):
+    def __init__(self, lc, ctx, n_ctx: int, n_parallel: int, n_batch: int, n_vocab: int, counters: dict,
+                 use_group=None):
         from llama_cpp import _internals
 
         self._lc = lc
@@ -78,6 +87,9 @@ class Scheduler:
         self._memory = lc.llama_get_memory(ctx.ctx)
         self._batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
         self._slots: list[list[int]] = [[] for _ in range(n_parallel)]  # tokens whose KV each slot holds
+        self._slot_groups: list[str | None] = [None] * n_parallel  # the adapter each slot's cells were made with
+        self._use_group = use_group  # sets the context's adapters for a group (gguf/lora.py)
+        self._group: str | None = None
         self._free = set(range(n_parallel))
         self._waiting: deque[Sequence] = deque()
         self._active: list[Sequence] = []
@@ -155,6 +167,7 @@ class Scheduler:
             self._lc.llama_memory_seq_rm(self._memory, slot, shared, -1)
             del self._slots[slot][shared:]
             seq.slot, seq.n_past, seq.pending = slot, shared, list(seq.tokens[shared:])
+            self._slot_groups[slot] = seq.group
             self._active.append(seq)
 
     def _best_slot(self, seq: Sequence) -> tuple[int, int]:
@@ -162,7 +175,7 @@ class Scheduler:
         if seq.prompt_logits:
             return best, 0  # every prompt position must be decoded again
         for slot in sorted(self._free):
-            shared = _common_prefix(self._slots[slot], seq.tokens)
+            shared = _common_prefix(self._slots[slot], seq.tokens) if self._slot_groups[slot] == seq.group else 0
             if shared > best_shared:
                 best, best_shared = slot, shared
         return best, best_shared
@@ -173,7 +186,7 @@ class Scheduler:
         if seq.prompt_logits:
             return best, 0
         for slot, cached in enumerate(self._slots):
-            shared = _common_prefix(cached, seq.tokens)
+            shared = _common_prefix(cached, seq.tokens) if self._slot_groups[slot] == seq.group else 0
             if shared > best_shared:
                 best, best_shared = slot, shared
         return best, best_shared
@@ -183,12 +196,21 @@ class Scheduler:
         self._slots[slot] = []
 
     def _step(self) -> bool:
-        """One llama_decode over every running sequence; False when none could go on."""
+        """One llama_decode over the running sequences of one adapter group (taking turns when several
+        are in play); False when none could go on."""
+        groups = list(dict.fromkeys(s.group for s in self._active))
+        turn = (groups.index(self._group) + 1) % len(groups) if self._group in groups else 0
+        return any(self._step_group(group) for group in groups[turn:] + groups[:turn])
+
+    def _step_group(self, group: str | None) -> bool:
         batch = self._batch.batch
         n = 0
         outputs: list[tuple[Sequence, int, int]] = []  # (sequence, first batch index, count)
         # Running decodes first (one token each), then prompt chunks in the room left.
-        order = sorted(self._active, key=lambda s: s.in_prompt)
+        order = sorted((s for s in self._active if s.group == group), key=lambda s: s.in_prompt)
+        if order and group != self._group and self._use_group is not None:
+            self._use_group(group)
+            self._group = group
         for seq in order:
             if seq.cancel:
                 self._finish(seq, "cancelled")
@@ -198,7 +220,9 @@ class Scheduler:
                 break
             if not seq.in_prompt and seq.held_back:
                 continue
-            take = seq.pending[:room]
+            if seq.pending and seq.pending[0] < 0 and not self._decode_image(seq):
+                continue
+            take = _up_to_image(seq.pending, room)
             if not take:
                 continue
             last_of_prompt = len(take) == len(seq.pending)
@@ -235,6 +259,20 @@ class Scheduler:
                 if seq.prompt_logits:
                     self._put_chunk(seq, seq.stream.prompt_done())
             self._sample(seq, start + count - 1)
+        return True
+
+    def _decode_image(self, seq: Sequence) -> bool:
+        """Decode the image whose placeholders lead the sequence's pending tokens (its own llama_decode
+        calls, on this thread); False if it failed (the sequence is failed, the others go on)."""
+        key = seq.pending[0]
+        count = next((i for i, t in enumerate(seq.pending) if t != key), len(seq.pending))
+        try:
+            seq.n_past = seq.media.decode(self._ctx.ctx, key, seq.n_past, seq.slot, self._n_batch)
+        except Exception as exc:
+            self._fail(seq, exc)
+            return False
+        self._slots[seq.slot].extend(seq.pending[:count])
+        del seq.pending[:count]
         return True
 
     def _sample(self, seq: Sequence, index: int) -> None:
@@ -302,6 +340,15 @@ class Scheduler:
         if seq.slot is not None:
             self._clear(seq.slot)
         seq.events.put(("error", exc))
+
+
+def _up_to_image(pending: list[int], room: int) -> list[int]:
+    """The next tokens to batch: at most `room`, stopping before an image's placeholders."""
+    take = pending[:room]
+    for i, token in enumerate(take):
+        if token < 0:
+            return take[:i]
+    return take
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -11,8 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backends import tools
 from backends.capability import Capability
+from backends.gguf import lora
 from backends.gguf.file import GgufFile, GgufFileError
 from backends.gguf.plan import GgufPlan
+from backends.gguf.vision import ProjectorFile
 from backends.plan import Device, LoadPlan
 from backends.spec import BaseSpec, Rung
 from backends.tools import ToolFormatOption
@@ -36,11 +38,15 @@ class GgufOptions(BaseModel):
     tool_format: ToolFormatOption = Field("auto", description="Tool-call syntax; auto: the one the template teaches.")
     embedding: bool = Field(False, description="Serve /v1/embeddings (pooled) instead of text generation.")
     rerank: bool = Field(False, description="Serve /v1/rerank with the file's classification head (rank pooling).")
+    mmproj: Path | None = Field(None, description="A vision projector (LLaVA-style mmproj GGUF): chats take images.")
+    max_images: int = Field(8, ge=1, le=64, description="Images one request may carry (with mmproj).")
 
     @model_validator(mode="after")
     def _one_pooling(self) -> GgufOptions:
         if self.embedding and self.rerank:
             raise ValueError("a GGUF model is an embedding model or a reranker, not both")
+        if self.mmproj is not None and (self.embedding or self.rerank):
+            raise ValueError("mmproj (images in chats) needs a chat model, not an embedding model or a reranker")
         return self
 
 
@@ -52,6 +58,13 @@ class GgufSpec(BaseSpec):
     supported_fit: ClassVar[frozenset[str]] = frozenset({"context", "offload", "cpu"})
     # What users do by hand for a 13B+ GGUF on a 12 GB card, on by default (llama.cpp's --fit too).
     default_fit: ClassVar[tuple[Rung, ...]] = ("context", "offload", "cpu")
+    takes_adapters: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _adapters_need_generation(self) -> GgufSpec:
+        if self.adapters and (self.options.embedding or self.options.rerank):
+            raise ValueError("LoRA adapters are served for chat and completions, not for an embedding model or reranker")
+        return self
 
     @property
     def capabilities(self) -> frozenset[Capability]:
@@ -59,10 +72,11 @@ class GgufSpec(BaseSpec):
             return frozenset({Capability.EMBEDDING})
         if self.options.rerank:
             return frozenset({Capability.RERANK})
-        return frozenset({Capability.CHAT, Capability.COMPLETION})
+        vision = {Capability.VISION} if self.options.mmproj else set()
+        return frozenset({Capability.CHAT, Capability.COMPLETION, *vision})
 
     def files(self) -> tuple[Path, ...]:
-        return (self.path,)
+        return (self.path, *((self.options.mmproj,) if self.options.mmproj else ()), *super().files())
 
     def resolve(self, device: Device) -> GgufPlan:
         try:
@@ -76,6 +90,12 @@ class GgufSpec(BaseSpec):
             layers = -1 if device.kind == "cuda" else 0
         cores = os.cpu_count() or 1
         size = info.size_bytes if info else (self.path.stat().st_size if self.path.exists() else 0)
+        projector = ProjectorFile.read(self.options.mmproj) if self.options.mmproj else None
+        vision = {} if self.options.mmproj is None else {
+            "mmproj": self.options.mmproj, "max_images": self.options.max_images,
+            "image_size": projector.image_size if projector else None,
+            "mmproj_bytes": projector.size_bytes if projector else lora.file_bytes(self.options.mmproj),
+            "encoder_bytes": projector.encoder_bytes() if projector else 0}
         return GgufPlan(
             **self.base_plan(device, context_length=n_ctx, on="cuda" if device.kind == "cuda" and layers else "cpu",
                              max_context_length=max(trained, n_ctx)),
@@ -91,7 +111,7 @@ class GgufSpec(BaseSpec):
             embedding=self.options.embedding, rerank=self.options.rerank, file_bytes=size,
             kv_bytes_per_token=info.kv_cache_bytes(1) if info else 0,
             layer_bytes=info.tensors.layers if info else (), output_bytes=info.tensors.output if info else 0,
-            input_bytes=info.tensors.input if info else 0)
+            input_bytes=info.tensors.input if info else 0, adapters=self.lora_plans(lora.file_bytes), **vision)
 
     def fitted(self, plan: LoadPlan, rung: Rung, room_mb: float, device: Device) -> LoadPlan | None:
         if rung != "offload":

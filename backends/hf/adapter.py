@@ -36,6 +36,7 @@ from backends.contract import (
 from backends.hf.batch import Row, Scheduler, batchable
 from backends.hf.decode import make_decoder
 from backends.hf.guidance import Guidance
+from backends.hf.lora import Loras
 from backends.hf.plan import HfPlan
 from backends.hf.tokens import fim_tokens, token_bytes
 from backends.plan import MIB
@@ -44,6 +45,8 @@ EMBED_BATCH = 32  # inputs per embedding forward
 
 
 class HfTextAdapter:
+    batches = True  # concurrent requests decode as rows of one batch (backends/hf/batch.py)
+
     def __init__(self, plan: HfPlan):
         # gptqmodel sizes its CPU thread pools from the core count and fails on 2 cores without this.
         os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
@@ -66,8 +69,9 @@ class HfTextAdapter:
                                   "device_map": plan.device}
         if plan.quantization in ("4bit", "8bit"):
             kwargs["quantization_config"] = self._bnb_config(transformers)
-        auto = transformers.AutoModelForCausalLM if plan.causal else transformers.AutoModel
-        self.model = auto.from_pretrained(plan.path, **kwargs).eval()
+        self.model = self._model_class(transformers).from_pretrained(plan.path, **kwargs).eval()
+        self.text_model = self.model  # what reads token ids alone (a BLIP-2's language model)
+        self.loras = Loras(self.model, plan.adapters) if plan.adapters else None
         self.vocab = len(self.tokenizer)
         self.context = plan.context_length
         self.eos_ids = self._eos_ids()
@@ -85,16 +89,19 @@ class HfTextAdapter:
         self._keep = {"logits_to_keep": 1} if self._keep_arg else {}
         self.decoder = make_decoder(plan.decode, torch, self.model, self._cache_arg, self._keep_arg,
                                     self.context) if plan.causal else None
-        self._lock = threading.Lock()  # one request at a time: the model and its cache are not shared
+        self._lock = threading.Lock()  # around every forward: the scheduler's, prompt logprobs, embeddings
         self._embedder: Batcher[list[int], list[float]] = Batcher(self._embed_batch)
         self._tokens_generated = 0
         self._requests = 0
         self._engine_s = 0.0
         self._engine_cpu_s = 0.0
-        self.scheduler = Scheduler(self, plan.n_parallel, batched=plan.decode == "dynamic" and batchable(self.model)
-                                   ) if plan.causal else None
+        batched = self.batches and plan.decode == "dynamic" and batchable(self.model)
+        self.scheduler = Scheduler(self, plan.n_parallel, batched) if plan.causal else None
 
     # ---- loading ----------------------------------------------------------------------------
+
+    def _model_class(self, transformers):
+        return transformers.AutoModelForCausalLM if self.plan.causal else transformers.AutoModel
 
     def _bnb_config(self, transformers):
         if self.plan.quantization == "8bit":
@@ -125,6 +132,7 @@ class HfTextAdapter:
     def stats(self) -> dict[str, Any]:
         return {"tokens_generated": self._tokens_generated, "requests": self._requests, "engine_s": self._engine_s,
                 "engine_cpu_s": self._engine_cpu_s,
+                "adapters": self.loras.state() if self.loras else {},
                 "weights_bytes": self.model.get_memory_footprint(), "dtype": self.plan.dtype,
                 "quantization": self.plan.quantization, "device": self.plan.device, "context_length": self.context,
                 "decode": self._decode_kind(),
@@ -144,6 +152,8 @@ class HfTextAdapter:
         with self._lock:
             if self.plan.quantization == "gptq":
                 return bundle.copy_files(self.plan.path, dest)
+            if self.loras is not None:  # the base alone: a new worker loads the adapters from their files
+                self.loras.remove()
             self.model.save_pretrained(dest, safe_serialization=True)
             self.tokenizer.save_pretrained(dest)
         return bundle.size_of(dest)
@@ -213,6 +223,7 @@ class HfTextAdapter:
         vectors: list[list[float]] = [[] for _ in encoded]
         extra = {"logits_to_keep": 1} if self._keep_arg else {}
         with self._lock:
+            self._use_adapter(None)  # embeddings are the base's
             for start in range(0, len(order), EMBED_BATCH):
                 chunk = order[start:start + EMBED_BATCH]
                 batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, padding=True,
@@ -257,6 +268,10 @@ class HfTextAdapter:
     def _generate(self, ids: list[int], params, cancel: Cancel, top: int | None, param: str,
                   echo: bool = False) -> Chunks:
         text.check_context(len(ids), self.context, param)
+        if params.adapter is not None and self.loras is None:
+            raise InvalidInput(f"model {self.model_id} has no adapter {params.adapter!r}", param="model")
+        if self.loras is not None:
+            self.loras.require(params.adapter, self.model_id)
         row = Row(self, ids, params, cancel, top, offset=0)  # refuses a bad bias or schema before any output
         self._requests += 1
         if echo:
@@ -265,6 +280,7 @@ class HfTextAdapter:
             chunk: TextChunk = {"text": prompt_text}
             if top is not None:
                 with cancel.holding(self._lock):
+                    self._use_adapter(params.adapter)
                     chunk["logprobs"] = self._prompt_logprobs(ids, top)
             yield chunk
         self.scheduler.submit(row)
@@ -288,6 +304,11 @@ class HfTextAdapter:
                         pass
                 except queue.Empty:
                     pass  # the scheduler is gone (shutdown)
+
+    def _use_adapter(self, name: str | None) -> None:
+        """Decode with LoRA adapter `name` (None: the base alone); under the model's lock."""
+        if self.loras is not None:
+            self.loras.use(name)
 
     def vocab_rows(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
@@ -342,7 +363,7 @@ class HfTextAdapter:
         """Echoed prompt tokens with their logprobs; the first has none (as OpenAI's API gives it)."""
         torch = self._torch
         with torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor([ids], device=self.model.device)).logits[0].float()
+            logits = self.text_model(input_ids=torch.tensor([ids], device=self.model.device)).logits[0].float()
         entries, offset = [], 0
         for position, token in enumerate(ids):
             if position == 0:

@@ -9,8 +9,13 @@ memory estimate counts: a request joins when (rows + 1) x the longest reservatio
 tokens) fits in it, and waits for others to finish otherwise. A row whose reader is behind (the
 server's backpressure) is set aside with its KV and joins again when its reader catches up.
 
+One forward runs one set of weights: rows share it only when they decode with the same LoRA adapter
+(or none); a request for another adapter waits, first come first served, until the running rows have
+finished, and the adapter is switched under the model's lock before every forward.
+
 Decoders other than the dynamic one (static, cuda-graphs: one StaticCache of the whole context) and
-caches with other layer kinds (sliding windows) run one request at a time through the same loop.
+caches with other layer kinds (sliding windows) and vision models (their prompt step reads pixel
+inputs through the adapter's decoder) run one request at a time through the same loop.
 
 What a row does with its logits (bias, penalties, grammar, sampling with its own generator,
 logprobs, detokenizing, stop strings) is its own (Row.advance), the same alone or in a batch.
@@ -48,6 +53,7 @@ class Row:
         self.outlet = getattr(cancel, "outlet", None)
         self.events: queue.Queue = queue.Queue()
         self.top = top
+        self.lora = params.adapter  # the LoRA adapter it decodes with (None: the base)
         self.bias = adapter._bias(params.logit_bias)
         self.constraint = adapter.guidance.constraint(params, adapter.template.source)
         self.budget = adapter.context - len(ids)
@@ -221,6 +227,8 @@ class Scheduler:
             return True
         if len(present) >= self._n_parallel:
             return False
+        if present[0].lora != row.lora:  # one forward runs one set of LoRA weights: it waits for the batch to drain
+            return False
         longest = max(r.reserve for r in [*present, row])
         return (len(present) + 1) * longest <= self._adapter.context
 
@@ -242,9 +250,9 @@ class Scheduler:
         adapter, torch = self._adapter, self._torch
         input_ids = torch.tensor([row.ids], device=adapter.model.device)
         try:
-            with self._timed():
+            with self._timed(row.lora):
                 if self._batched:
-                    out = adapter.model(input_ids=input_ids, use_cache=True, **{adapter._cache_arg: None},
+                    out = adapter.text_model(input_ids=input_ids, use_cache=True, **{adapter._cache_arg: None},
                                         **adapter._keep)
                     logits = out.logits[0, -1].float()
                     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
@@ -301,12 +309,12 @@ class Scheduler:
         adapter, torch = self._adapter, self._torch
         device = adapter.model.device
         tokens = torch.tensor([[r.next_token] for r in rows], device=device)
-        with self._timed():
+        with self._timed(rows[0].lora):
             if self._batched:
                 ones = torch.ones(len(rows), 1, dtype=torch.long, device=device)
                 self._mask = torch.cat([self._mask, ones], dim=1)
                 positions = torch.tensor([[r.length] for r in rows], device=device)
-                out = adapter.model(input_ids=tokens, attention_mask=self._mask, position_ids=positions,
+                out = adapter.text_model(input_ids=tokens, attention_mask=self._mask, position_ids=positions,
                                     use_cache=True, **{adapter._cache_arg: self._cache}, **adapter._keep)
                 logits = out.logits[:, -1].float()
             else:
@@ -352,11 +360,12 @@ class Scheduler:
             layer.values = layer.values[select, :, front:]
 
     @contextlib.contextmanager
-    def _timed(self):
-        """The model's own compute, for the adapter's stats; under the model lock (an echo's prompt
-        logprobs and embeddings run their own forwards)."""
+    def _timed(self, lora: str | None):
+        """The model's own compute, for the adapter's stats, with LoRA adapter `lora` switched on; under
+        the model lock (an echo's prompt logprobs and embeddings run their own forwards, and switch)."""
         adapter = self._adapter
         with adapter._lock:
+            adapter._use_adapter(lora)
             started, started_cpu = time.perf_counter(), time.thread_time()
             try:
                 yield

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from backends.plan import MIB, POOLED_PARALLEL, LoadPlan, MemoryEstimate
+from backends.plan import MIB, POOLED_PARALLEL, LoadPlan, LoraAdapter, MemoryEstimate
 
 SLACK_MB = 64  # allocator slack, tokenizer, Python objects
 DType = Literal["float16", "bfloat16", "float32"]
@@ -58,15 +58,18 @@ class HfPlan(LoadPlan):
     shape: Shape
     decode: Literal["dynamic", "static", "cuda-graphs"] = "dynamic"  # backends/hf/decode.py
     n_parallel: int = 1  # requests decoded together (backends/hf/batch.py; the dynamic path only)
+    adapters: tuple[LoraAdapter, ...] = ()  # PEFT LoRA adapters loaded beside the base (backends/hf/lora.py)
 
     def estimate(self) -> MemoryEstimate:
         element = DTYPE_BYTES[self.dtype]
         s = self.shape
-        # One full context of KV: batched requests share it (backends/hf/batch.py admits within it).
+        # One full context of KV: batched requests share it (backends/hf/batch.py admits within it);
+        # image tokens take their positions in it like text.
         kv = 2.0 * s.layers * s.kv_heads * s.head_dim * self.context_length * element if self.causal else 0.0
         # One full-context prefill's hidden states plus a few float32 rows of logits.
         activations = self.context_length * (4 * s.hidden + 2 * s.intermediate) * element + s.vocab * 4 * 4
-        return MemoryEstimate(weights_mb=self.weights_bytes / MIB, kv_cache_mb=kv / MIB,
+        weights = self.weights_bytes + sum(a.bytes for a in self.adapters)
+        return MemoryEstimate(weights_mb=weights / MIB, kv_cache_mb=kv / MIB,
                               activations_mb=activations / MIB, buffers_mb=SLACK_MB, runtime_mb=self.runtime_mb)
 
     def parallel(self) -> int | None:
@@ -79,6 +82,47 @@ class HfPlan(LoadPlan):
 
     def from_warm(self, location: Path) -> HfPlan:
         return dataclasses.replace(self, path=location, source="ram")
+
+@dataclass(frozen=True)
+class VisionShape:
+    """A vision tower's sizes, from config.json's vision_config."""
+
+    image_size: int = 224
+    patch_size: int = 14
+    hidden: int = 0
+    intermediate: int = 0
+    heads: int = 1
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> VisionShape:
+        vision = config.get("vision_config") or {}
+        hidden = int(vision.get("hidden_size") or 1024)
+        return cls(image_size=int(vision.get("image_size") or 224), patch_size=int(vision.get("patch_size") or 14),
+                   hidden=hidden, intermediate=int(vision.get("intermediate_size") or 4 * hidden),
+                   heads=int(vision.get("num_attention_heads") or 16))
+
+    def encoder_bytes(self, element: int) -> float:
+        """One image tile through the tower: hidden states, the FFN and the attention scores."""
+        patches = (self.image_size // self.patch_size) ** 2 + 1
+        return element * (patches * (4 * self.hidden + 2 * self.intermediate) + self.heads * patches * patches)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HfVisionPlan(HfPlan):
+    """A vision-language model (LLaVA, LLaVA-NeXT, BLIP-2, InstructBLIP) read through its processor."""
+
+    adapter: ClassVar[str] = "backends.hf.vision:HfVisionAdapter"
+    vision: VisionShape
+    tiles: int = 1  # most tiles one image becomes (LLaVA-NeXT's grids, plus the overview)
+    query_model: bool = False  # BLIP-2 style: a Q-Former feeds a language model that decodes on its own
+
+    def estimate(self) -> MemoryEstimate:
+        """The text model's, plus the tower reading a request's images (the tower's and projector's
+        weights are in the checkpoint's weights already)."""
+        base = super().estimate()
+        encoder = self.max_images * self.tiles * self.vision.encoder_bytes(DTYPE_BYTES[self.dtype])
+        return dataclasses.replace(base, activations_mb=base.activations_mb + encoder / MIB)
+
 
 @dataclass(frozen=True, kw_only=True)
 class HfRerankPlan(HfPlan):

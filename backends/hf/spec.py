@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backends import safetensors, tools
 from backends.capability import Capability
-from backends.hf.plan import DTYPE_BYTES, HfPlan, HfRerankPlan, Shape
+from backends.hf.plan import DTYPE_BYTES, HfPlan, HfRerankPlan, HfVisionPlan, Shape, VisionShape
 from backends.hf.tokens import fim_in_files, template_in_files
 from backends.plan import Device
 from backends.spec import BaseSpec, pick_device
@@ -40,7 +40,8 @@ class HfOptions(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     decode: Literal["auto", "dynamic", "static", "cuda-graphs"] = Field(
         "auto", description="The decode loop's KV cache: auto is cuda-graphs for an unquantized model on a GPU, "
-        "static for a quantized one, dynamic on a CPU (backends/hf/decode.py).")
+        "static for a quantized one, dynamic on a CPU (backends/hf/decode.py); vision models decode dynamic.")
+    max_images: int = Field(4, ge=1, le=64, description="Images one request may carry (vision models; BLIP: 1).")
     n_parallel: int = Field(4, ge=1, le=64, description="Requests decoded together in one batch on the dynamic "
                             "decode path (the static and cuda-graphs paths decode one at a time); their rows "
                             "share the one context the memory estimate counts (backends/hf/batch.py).")
@@ -51,20 +52,32 @@ class HfSpec(BaseSpec):
     path: Path
     options: HfOptions = HfOptions()
 
+    takes_adapters: ClassVar[bool] = True  # PEFT LoRA adapters on a causal LM (backends/hf/lora.py)
+
     @functools.cached_property
     def capabilities(self) -> frozenset[Capability]:
-        """Chat and completion for a causal LM (plus embeddings when asked); a cross-encoder reranks;
-        another encoder embeds. Read once: a parked model is still served when its files have since gone."""
+        """Chat and completion for a causal LM (plus embeddings when asked), with images for a vision
+        model; a cross-encoder reranks; another encoder embeds. Read once: a parked model is still
+        served when its files have since gone."""
         config = self._config()
         if _is_reranker(config):
             return frozenset({Capability.RERANK})
+        if _is_vision(config):
+            return frozenset({Capability.CHAT, Capability.COMPLETION, Capability.VISION})
         if not _is_causal(config):
             return frozenset({Capability.EMBEDDING})
         extra = {Capability.EMBEDDING} if self.options.embedding else set()
         return frozenset({Capability.CHAT, Capability.COMPLETION, *extra})
 
     def files(self) -> tuple[Path, ...]:
-        return (self.path,)
+        return (self.path, *super().files())
+
+    @model_validator(mode="after")
+    def _adapters_need_a_text_model(self) -> HfSpec:
+        if self.adapters and (self.options.embedding or _is_vision(self._config())):
+            raise ValueError("LoRA adapters are served for a text model's chat and completions (not embeddings, "
+                             "not vision models)")
+        return self
 
     def _config(self) -> dict[str, Any]:
         try:
@@ -84,12 +97,15 @@ class HfSpec(BaseSpec):
             stored = config.get("torch_dtype") or config.get("dtype")
             dtype = "float32" if on == "cpu" else (stored if stored in DTYPE_BYTES else "float16")
         compute = self.options.bnb_4bit_compute_dtype
-        causal, reranker = _is_causal(config), _is_reranker(config)
+        vision = _is_vision(config)
+        causal, reranker = _is_causal(config) or vision, _is_reranker(config)
         text = config.get("text_config") or config
         trained = int(text.get("max_position_embeddings") or text.get("n_positions") or DEFAULT_CONTEXT)
         context = self.context_length or min(trained, DEFAULT_CONTEXT)
         plan, extra = (HfRerankPlan, {"batch": RERANK_BATCH}) if reranker else (HfPlan, {})
-        decode = _decode(self.options.decode, on, quantization)
+        decode = _decode(self.options.decode, on, quantization, bool(self.adapters))
+        if vision:
+            plan, extra, decode = HfVisionPlan, _vision_facts(config, self.options.max_images), "dynamic"
         return plan(
             **self.base_plan(device, context_length=context, on=on, max_context_length=max(trained, context)),
             **extra, path=self.path, dtype=dtype, fim=causal and fim_in_files(self.path),
@@ -100,18 +116,42 @@ class HfSpec(BaseSpec):
             chat_template=self.options.chat_template, causal=causal,
             embedding=self.options.embedding or not (causal or reranker),
             weights_bytes=_weights_bytes(sorted(self.path.glob("*.safetensors")), dtype, quantization),
-            shape=Shape.of(config), decode=decode, n_parallel=self.options.n_parallel if decode == "dynamic" else 1)
+            shape=Shape.of(config), decode=decode,
+            # vision models decode one request at a time (their prompt inputs are the decoder's)
+            n_parallel=self.options.n_parallel if decode == "dynamic" and not vision else 1,
+            adapters=self.lora_plans(lambda path: _weights_bytes(sorted(Path(path).glob("*.safetensors")), dtype,
+                                                                 "none")))
 
 
-def _decode(wanted: str, on: str, quantization: str) -> str:
+def _decode(wanted: str, on: str, quantization: str, adapters: bool = False) -> str:
     """models.yaml's `decode` against the device: CUDA graphs pay off only on a GPU, where per-token
     overhead dominates; quantized kernels (bitsandbytes, GPTQ) are not all compilable, so they get the
-    static cache without graphs unless asked."""
+    static cache without graphs unless asked. A graph is recorded with the modules as they are, so a
+    model switching LoRA adapters per request decodes with the static cache, eagerly."""
+    if wanted == "cuda-graphs" and adapters:
+        return "static"
     if wanted != "auto":
         return wanted
     if on != "cuda":
         return "dynamic"
-    return "cuda-graphs" if quantization == "none" else "static"
+    return "cuda-graphs" if quantization == "none" and not adapters else "static"
+
+
+def _is_vision(config: dict[str, Any]) -> bool:
+    """LLaVA, LLaVA-NeXT, BLIP-2, InstructBLIP: a vision tower feeding a text model that generates."""
+    return bool(config.get("vision_config")) and any(
+        a.endswith("ForConditionalGeneration") for a in config.get("architectures") or [])
+
+
+def _vision_facts(config: dict[str, Any], max_images: int) -> dict[str, Any]:
+    """The vision plan's own fields: BLIP models read one image (its query tokens lead the prompt);
+    LLaVA-NeXT splits an image into up to its largest grid of tiles, plus an overview."""
+    vision = VisionShape.of(config)
+    query = "qformer_config" in config
+    pinpoints = config.get("image_grid_pinpoints") or []
+    tiles = max((h * w // (vision.image_size ** 2) for h, w in pinpoints), default=0) + 1
+    return {"vision": vision, "tiles": tiles, "query_model": query, "image_size": vision.image_size,
+            "max_images": 1 if query else max_images}
 
 
 def _is_causal(config: dict[str, Any]) -> bool:

@@ -7,6 +7,9 @@ from typing import Any
 from backends.capability import Capability
 from backends.plan import LoadPlan
 
+# What a LoRA adapter's id serves (server/registry.py holds requests to it).
+ADAPTER_CAPABILITIES = frozenset({Capability.CHAT, Capability.COMPLETION})
+
 # What editors and UIs read as the model's lifecycle; `status` keeps the arbiter's finer word.
 STATE = {"resident": "loaded", "loading": "loading", "draining": "unloading", "unloading": "unloading",
          "parked": "parked", "unloaded": "unloaded"}
@@ -24,17 +27,21 @@ def capabilities(capable: frozenset[Capability], plan: LoadPlan) -> list[str]:
 
 
 def entry(spec, created: int, status: str, plan: LoadPlan, memory_mb: float, placement: str,
-          name: str | None = None) -> dict[str, Any]:
+          name: str | None = None, adapter: str | None = None) -> dict[str, Any]:
     """`status`: resident, loading, draining, unloading, parked (in the warm tier) or unloaded;
     `placement`: the fit-ladder rung it loads at ("full", "context; n_ctx=2048", ...);
-    `context_length`: the window allocated at that rung; `max_context_length`: the model's own."""
-    return {
-        "id": name or spec.id,
+    `context_length`: the window allocated at that rung; `max_context_length`: the model's own.
+    A LoRA adapter's entry (`adapter`: its name) is its base's, with `base` naming that model: it
+    loads, costs and is resident with it. A base lists its adapters' ids under `adapters`."""
+    capable = spec.capabilities & ADAPTER_CAPABILITIES if adapter else spec.capabilities
+    declared = next((a for a in spec.adapters if a.name == adapter), None)
+    out = {
+        "id": name or (spec.adapter_names(declared)[0] if declared else spec.id),
         "object": "model",
         "created": created,
         "owned_by": "modelyard",
         "backend": spec.backend,
-        "capabilities": capabilities(spec.capabilities, plan),
+        "capabilities": capabilities(capable, plan),
         "context_length": plan.context_length,
         "max_context_length": plan.max_context_length,
         "max_model_len": plan.context_length,  # vLLM's name, which some clients read
@@ -45,5 +52,10 @@ def entry(spec, created: int, status: str, plan: LoadPlan, memory_mb: float, pla
         "resident": status == "resident",
         "parked": status == "parked",
         "placement": placement,
-        "aliases": list(spec.aliases),
+        "aliases": list(declared.aliases if declared else spec.aliases),
     }
+    if declared:
+        out.update(base=spec.id, adapter=declared.name, adapter_scale=declared.scale)
+    elif spec.adapters:
+        out["adapters"] = [spec.adapter_names(a)[0] for a in spec.adapters]
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,8 @@ from backends.tools import ToolFormat
 from server.answer import Answer, Call, Delta, Finish, collect
 from server.conversation import Conversation
 from server.errors import InvalidRequest, UnsupportedCapability
-from server.generation import Generation, model_for, sse, sse_response, until_disconnected
+from server.generation import Generation, adapter_for, model_for, sse, sse_response, until_disconnected
+from server.image_input import ImageError, attach
 from server.json_response import JSONResponse
 from server.protocol import chat as wire
 from server.protocol import logprobs as lp
@@ -43,25 +45,45 @@ def tool_plan(talk: Conversation) -> tools.ToolPlan:
 
 
 async def answer_to(request: Request, talk: Conversation, spec, keep_alive: float | None,
-                    stream: bool = True) -> Answer:
-    """The engine asked, its output read as an answer (shared by every chat front door)."""
+                    stream: bool = True, adapter: str | None = None) -> Answer:
+    """The engine asked, its output read as an answer (shared by every chat front door); `adapter`:
+    the LoRA adapter of `spec` the request named."""
     check_request(talk, spec)
     plan = tool_plan(talk)
     syntax = ToolFormat(services_of(request).arbiter.plan(spec)[0].tool_format or ToolFormat.JSON)
+    talk = await with_images(request, dataclasses.replace(talk, adapter=adapter), spec)
     generation = await Generation.open(request, spec, keep_alive, talk.params(plan, syntax), stream)
     return Answer(generation, syntax if plan.schema is not None else None, talk.logprobs,
                   forced=plan.schema is not None and not plan.allow_message)
 
 
+async def with_images(request: Request, talk: Conversation, spec) -> Conversation:
+    """For a vision model, the conversation with its images fetched, checked and decoded
+    (server/image_input.py): image parts become ImageParts pointing into `images`."""
+    if Capability.VISION not in spec.capabilities:
+        return talk
+    services = services_of(request)
+    plan = services.arbiter.plan(spec)[0]
+    try:
+        messages, images = await attach(talk.messages, services.image_policy, max_images=plan.max_images,
+                                        tile=plan.image_size)
+    except ImageError as exc:
+        raise InvalidRequest(str(exc), param=exc.where or "messages", code="invalid_image") from None
+    return dataclasses.replace(talk, messages=messages, images=images)
+
+
 def check_request(talk: Conversation, spec) -> None:
-    """What no engine could serve, refused before a model is touched: content parts a text model
-    cannot read, schemas past what constrained decoding allows (backends/schema_limits.py)."""
+    """What no engine could serve, refused before a model is touched: content parts the model cannot
+    read (images but for a vision model), schemas past what constrained decoding allows
+    (backends/schema_limits.py)."""
+    readable = {"text", "image_url"} if Capability.VISION in spec.capabilities else {"text"}
     for i, message in enumerate(talk.messages):
         content = message.get("content")
         for j, part in enumerate(content if isinstance(content, list) else []):
             kind = part.get("type") if isinstance(part, dict) else None
-            if kind != "text":
-                raise UnsupportedCapability(f"model {spec.id} reads text only; messages[{i}].content[{j}] is a "
+            if kind not in readable:
+                what = "text and images" if "image_url" in readable else "text only"
+                raise UnsupportedCapability(f"model {spec.id} reads {what}; messages[{i}].content[{j}] is a "
                                             f"{kind!r} part", param=f"messages.{i}.content.{j}")
     schemas = [((t.get("function") or {}).get("parameters"), f"tools.{i}.function.parameters")
                for i, t in enumerate(talk.tools or [])]
@@ -77,7 +99,8 @@ def check_request(talk: Conversation, spec) -> None:
 @router.post("/v1/chat/completions")
 async def create_chat_completion(request: Request, body: wire.ChatCompletionRequest):
     spec = model_for(request, body.model, Capability.CHAT)
-    answer = await answer_to(request, conversation(body), spec, body.keep_alive, body.stream)
+    answer = await answer_to(request, conversation(body), spec, body.keep_alive, body.stream,
+                             adapter_for(request, body.model))
     cid, created = new_id("chatcmpl"), now()
     if body.stream:
         return sse_response(request, answer.generation, _stream(body, answer, cid, created))

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 
 from backends.capability import Capability
 from backends.contract import CompletionParams, TextChunk, TextResult
-from server.generation import Generation, model_for, sse, sse_response, until_disconnected
+from server.generation import Generation, adapter_for, model_for, sse, sse_response, until_disconnected
 from server.json_response import JSONResponse
 from server.protocol import completions as wire
 from server.protocol import logprobs as lp
@@ -20,10 +20,10 @@ from server.services import services_of
 router = APIRouter()
 
 
-def engine_params(body: wire.CompletionRequest) -> list[CompletionParams]:
+def engine_params(body: wire.CompletionRequest, adapter: str | None = None) -> list[CompletionParams]:
     """Choice i*n + j is prompt i's j-th sample (the spec's order for a list of prompts)."""
     base = CompletionParams(max_tokens=body.max_tokens, echo=body.echo, suffix=body.suffix, logprobs=body.logprobs,
-                            **body.sampling())
+                            adapter=adapter, **body.sampling())
     calls = []
     for prompt in body.prompts():
         text, tokens = (prompt, None) if isinstance(prompt, str) else ("", prompt)
@@ -48,7 +48,8 @@ def _logprobs(body: wire.CompletionRequest, chunks: list[TextChunk]) -> dict[str
 @router.post("/v1/completions")
 async def create_completion(request: Request, body: wire.CompletionRequest):
     spec = model_for(request, body.model, Capability.COMPLETION)
-    generation = await Generation.open(request, spec, body.keep_alive, engine_params(body), body.stream)
+    generation = await Generation.open(request, spec, body.keep_alive,
+                                       engine_params(body, adapter_for(request, body.model)), body.stream)
     cid, created = new_id("cmpl"), now()
     if body.stream:
         return sse_response(request, generation, _stream(body, generation, cid, created))

@@ -13,11 +13,11 @@ from backends.capability import Capability
 from backends.contract import TokenizeParams, TokenizeResult
 from server.answer import Answer, Call, Delta, Finish, collect
 from server.errors import ModelyardError, anthropic_error_body
-from server.generation import Generation, model_for, until_disconnected, watched
+from server.generation import Generation, adapter_for, model_for, until_disconnected, watched
 from server.json_response import JSONResponse
 from server.protocol import messages as wire
 from server.protocol.common import new_id
-from server.routes.chat import answer_to
+from server.routes.chat import answer_to, check_request, with_images
 from server.services import services_of
 
 router = APIRouter()
@@ -26,7 +26,8 @@ router = APIRouter()
 @router.post("/v1/messages")
 async def create_message(request: Request, body: wire.MessagesRequest):
     spec = model_for(request, body.model, Capability.CHAT)
-    answer = await answer_to(request, wire.conversation(body), spec, body.keep_alive, body.stream)
+    answer = await answer_to(request, wire.conversation(body), spec, body.keep_alive, body.stream,
+                             adapter_for(request, body.model))
     mid = new_id("msg", "_")
     if body.stream:
         return StreamingResponse(_stream(request, body, answer, mid), media_type="text/event-stream",
@@ -103,8 +104,10 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 async def count_tokens(request: Request, body: wire.CountTokensRequest):
     spec = model_for(request, body.model, Capability.CHAT)
     talk = wire.conversation(body)
-    generation = await Generation.open(request, spec, None, [TokenizeParams(messages=talk.messages,
-                                                                            tools=talk.tools)])
+    check_request(talk, spec)  # an image for a text model is refused as a chat would refuse it
+    talk = await with_images(request, talk, spec)
+    generation = await Generation.open(request, spec, None, [TokenizeParams(messages=talk.messages, tools=talk.tools,
+                                                                            images=talk.images)])
     try:
         [(_, raw)] = await until_disconnected(request, generation.collect())
     finally:

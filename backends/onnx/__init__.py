@@ -1,0 +1,1 @@
+"""ONNX Runtime: embeddings and rerank from ONNX exports (sentence-transformers / optimum layout)."""
