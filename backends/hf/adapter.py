@@ -56,6 +56,8 @@ class HfTextAdapter:
 
         self._torch = torch
         self.plan = plan
+        if plan.n_threads:
+            torch.set_num_threads(plan.n_threads)
         self.model_id = plan.model_id
         if plan.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device: cuda was planned but torch sees no CUDA device")

@@ -58,6 +58,7 @@ class HfPlan(LoadPlan):
     shape: Shape
     decode: Literal["dynamic", "static", "cuda-graphs"] = "dynamic"  # backends/hf/decode.py
     n_parallel: int = 1  # requests decoded together (backends/hf/batch.py; the dynamic path only)
+    n_threads: int = 0  # torch's intra-op threads on a CPU (0: torch's own)
     adapters: tuple[LoraAdapter, ...] = ()  # PEFT LoRA adapters loaded beside the base (backends/hf/lora.py)
 
     def estimate(self) -> MemoryEstimate:
