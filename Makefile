@@ -74,6 +74,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_warm.py
 	$(BIN)/python bench/bench_schema.py
 	$(BIN)/python bench/bench_connections.py
+	$(BIN)/python bench/bench_perf.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -15,18 +15,44 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
 
+class Outlet:
+    """Where a text call's chunks may go straight from an engine's own thread (the worker's pipe),
+    instead of being yielded by the call's generator: one thread hand-off less per token. The engine
+    holds off while `paused` (the server's backpressure) and sends nothing once cancelled; it may
+    also `finish` the call from there (its result, sent at once; the generator still returns it)."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], None], finish: Callable[[dict[str, Any]], None],
+                 gate: threading.Event):
+        self.send = send
+        self._finish = finish
+        self._gate = gate
+        self.finished = False
+
+    @property
+    def paused(self) -> bool:
+        return not self._gate.is_set()
+
+    def finish(self, result: dict[str, Any]) -> None:
+        self.finished = True
+        self._finish(result)
+
+
 class Cancel:
-    """Set by the worker when the client went away; engines poll it between tokens/steps."""
+    """Set by the worker when the client went away; engines poll it between tokens/steps.
+
+    `outlet`: set by the worker on text calls; an engine that produces on a thread of its own may
+    send chunks through it (None: yield them)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self.outlet: Outlet | None = None
 
     def set(self) -> None:
         self._event.set()
@@ -85,6 +111,8 @@ class SamplingParams:
     max_tokens: int | None = None  # None: up to the end of the context
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: off; else only the k likeliest tokens (llama.cpp, vLLM and Anthropic have it)
+    min_p: float = 0.0  # 0: off; else only tokens at least min_p x the likeliest token's probability
     seed: int | None = None  # same seed, same prompt, same params -> same output
     stop: list[str] = field(default_factory=list)
     presence_penalty: float = 0.0
@@ -221,6 +249,7 @@ PARAMS: dict[Method, type] = {Method.CHAT: ChatParams, Method.COMPLETE: Completi
                               Method.RERANK: RerankParams, Method.TOKENIZE: TokenizeParams,
                               Method.DETOKENIZE: DetokenizeParams}
 METHODS: dict[type, Method] = {kind: method for method, kind in PARAMS.items()}
+TEXT_METHODS = frozenset({Method.CHAT, Method.COMPLETE})  # their chunks are TextChunks
 
 
 def method_of(params: Params) -> Method:
@@ -267,6 +296,17 @@ class TextChunk(TypedDict):
 
     text: str
     logprobs: NotRequired[list[TokenLogprob]]
+
+
+def merge_text_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Consecutive TextChunks of one call as one: the texts joined, the logprobs in order (a chunk
+    carries logprobs only when they were asked for, so either all do or none)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    merged: dict[str, Any] = {"text": "".join(c["text"] for c in chunks)}
+    if any("logprobs" in c for c in chunks):
+        merged["logprobs"] = [entry for c in chunks for entry in c.get("logprobs", ())]
+    return merged
 
 
 class TextUsage(TypedDict):
@@ -393,6 +433,7 @@ class CallMessage(TypedDict):
     id: int
     method: str
     params: dict[str, Any]
+    stream: NotRequired[bool]  # False: nobody reads the text before the end, so it may come merged
 
 
 class ControlMessage(TypedDict):
@@ -449,7 +490,8 @@ class ErrorReply(TypedDict):
 
 
 class Reply(TypedDict):
-    """Exactly one of c (a chunk), end (the result), err, stats, parked."""
+    """Exactly one of c (a chunk), end (the result), err, stats, parked; or c and end together (the
+    last chunk, then the result)."""
 
     id: int
     c: NotRequired[dict[str, Any]]

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 MIB = 1024 * 1024
+# Calls a pooled (embedding, rerank) model takes at once: concurrent embedding calls share forwards
+# (backends/batcher.py); the worker runs the others in turn.
+POOLED_PARALLEL = 16
 
 
 @dataclass(frozen=True)

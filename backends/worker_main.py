@@ -6,18 +6,24 @@ first line it reads is the model's LoadPlan and the class to read it as (only th
 module is imported: a worker starts in a few tens of milliseconds); it loads the plan's adapter, answers `ready` (with the
 adapter's own memory account) or `load_error`, then serves:
 
-  in:  {"op": "call", "id": 7, "method": "chat", "params": {...}}
+  in:  {"op": "call", "id": 7, "method": "chat", "params": {...}, "stream": false}
        {"op": "cancel", "id": 7}   {"op": "stats", "id": 8}   {"op": "stop"}
        {"op": "park", "id": 9, "dest": "/dev/shm/..."}   write the warm copy (the server stops us after)
        {"op": "flow", "id": 7, "paused": true}   (the client is not reading: stop producing for now)
   out: {"id": 7, "c": {...}}  one chunk      {"id": 7, "end": {...}}  the result
+       {"id": 7, "c": {...}, "end": {...}}  a last chunk and the result in one line
        {"id": 7, "err": {"kind": "invalid" | "backend" | "contract", "message": ..., "param": ..., "code": ...}}
        {"id": 8, "stats": {...}}   {"id": 9, "parked": {"bytes": ...}}
        {"op": "heartbeat"}  every HEARTBEAT_INTERVAL_S, from a thread of its own
 
-Each call runs in its own thread so cancels and stats are read while a model generates; an adapter
-that cannot serve two requests at once serialises them itself. When the server goes away the
-socket closes and the worker exits at once.
+Each call runs on a thread of its own (threads are reused: starting one per call cost a wake-up on the
+short-request path) so cancels and stats are read while a model generates; an adapter that cannot
+serve two requests at once serialises them itself. When the server goes away the socket closes and
+the worker exits at once.
+
+A call that is not streamed (`"stream": false`) gets its text in as few lines as possible: the
+chunks are merged and sent at most every FLUSH_S (so the watchdog still sees progress), the last
+of them in the same line as the result.
 """
 
 from __future__ import annotations
@@ -25,9 +31,9 @@ from __future__ import annotations
 import argparse
 import ctypes
 import importlib
-import json
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
@@ -37,8 +43,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from backends import codec
 from backends.contract import (
     HEARTBEAT_INTERVAL_S,
+    TEXT_METHODS,
     Adapter,
     CallMessage,
     Cancel,
@@ -48,14 +56,18 @@ from backends.contract import (
     HeartbeatMessage,
     InvalidInput,
     LoadErrorMessage,
+    Outlet,
     ParkMessage,
     ReadyMessage,
     Reply,
     decode_params,
+    merge_text_chunks,
 )
 from backends.plan import LoadPlan
 
 log = logging.getLogger("modelyard.worker")
+
+FLUSH_S = 0.25  # a non-streamed call's merged text goes out at least this often
 
 
 class Connection:
@@ -67,13 +79,45 @@ class Connection:
         self._lock = threading.Lock()
 
     def send(self, message: Reply | ReadyMessage | LoadErrorMessage | HeartbeatMessage) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        data = codec.encode(message)
         with self._lock:
             self._sock.sendall(data)
 
     def receive(self) -> dict[str, Any] | None:
         line = self._reader.readline()
-        return json.loads(line) if line else None
+        return codec.decode(line) if line else None
+
+
+class ThreadPool:
+    """Threads kept for the next call: a call hands its work to an idle thread (one wake-up) instead
+    of starting a thread (whose start waits for the new thread to be scheduled). Unbounded: a call
+    never waits for a thread, as calls may block for long (paused streams, a model's lock)."""
+
+    def __init__(self, name: str):
+        self._name = name
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._count = 0
+
+    def submit(self, fn, *args) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                self._count += 1
+                threading.Thread(target=self._serve, name=f"{self._name}-{self._count}", daemon=True).start()
+        self._tasks.put((fn, args))
+
+    def _serve(self) -> None:
+        while True:
+            fn, args = self._tasks.get()
+            try:
+                fn(*args)
+            except Exception:  # a task's own errors are its business; the thread stays
+                log.error("task failed: %s", traceback.format_exc())
+            with self._lock:
+                self._idle += 1
 
 
 def load_adapter(handshake: Handshake) -> Adapter:
@@ -96,6 +140,7 @@ class Worker:
         self.adapter = adapter
         self.cancels: dict[int, Cancel] = {}
         self.gates: dict[int, threading.Event] = {}  # set: the call may produce; clear: paused
+        self.pool = ThreadPool("call")
 
     def serve(self) -> None:
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
@@ -109,7 +154,7 @@ class Worker:
                 gate.set()
                 self.cancels[message["id"]] = cancel
                 self.gates[message["id"]] = gate
-                threading.Thread(target=self._run, args=(message, cancel, gate), daemon=True).start()
+                self.pool.submit(self._run, message, cancel, gate)
             elif op == "cancel":
                 cancel = self.cancels.get(message["id"])
                 if cancel is not None:
@@ -124,6 +169,26 @@ class Worker:
                     gate.clear()
                 elif gate is not None:
                     gate.set()
+
+    def _send_chunk(self, call_id: int, chunk: dict[str, Any], cancel: Cancel, held: Held) -> None:
+        """From the call's thread, or an engine's own (its Outlet)."""
+        if cancel or held.keep(chunk):
+            return  # after a cancel nobody reads the chunks
+        try:
+            self.conn.send({"id": call_id, "c": held.take() or chunk})
+        except OSError:
+            pass  # the server is gone: the main loop sees the socket close and the worker exits
+
+    def _send_end(self, call_id: int, result: dict[str, Any], held: Held) -> None:
+        """The result, with the last of a held call's text in the same line."""
+        reply: Reply = {"id": call_id, "end": result}
+        last = held.take()
+        if last is not None:
+            reply["c"] = last
+        try:
+            self.conn.send(reply)
+        except OSError:
+            pass  # the server is gone: the main loop sees the socket close and the worker exits
 
     def _park(self, message: ParkMessage) -> None:
         try:
@@ -156,6 +221,10 @@ class Worker:
             if handler is None:
                 raise InvalidInput(f"this model does not support {method!r}", param="model",
                                    code=ErrorCode.UNSUPPORTED_CAPABILITY)
+            held = Held(method in TEXT_METHODS and not message.get("stream", True))
+            if method in TEXT_METHODS:
+                cancel.outlet = Outlet(lambda chunk: self._send_chunk(call_id, chunk, cancel, held),
+                                       lambda result: self._send_end(call_id, result, held), gate)
             chunks = handler(params, cancel)
             while True:
                 while not gate.wait(0.1) and not cancel:
@@ -163,10 +232,10 @@ class Worker:
                 try:
                     chunk = next(chunks)
                 except StopIteration as done:
-                    self.conn.send({"id": call_id, "end": done.value or {}})
+                    if cancel.outlet is None or not cancel.outlet.finished:  # else the engine sent it
+                        self._send_end(call_id, done.value or {}, held)
                     return
-                if not cancel:  # after a cancel nobody reads the chunks
-                    self.conn.send({"id": call_id, "c": chunk})
+                self._send_chunk(call_id, chunk, cancel, held)
         except InvalidInput as exc:
             code = exc.code.value if exc.code else None
             self.conn.send({"id": call_id, "err": {"kind": "invalid", "message": exc.message,
@@ -180,6 +249,30 @@ class Worker:
         finally:
             self.cancels.pop(call_id, None)
             self.gates.pop(call_id, None)
+
+
+class Held:
+    """A non-streamed text call's chunks, merged, until FLUSH_S has passed since the last send."""
+
+    def __init__(self, holding: bool):
+        self.holding = holding
+        self._chunks: list[dict[str, Any]] = []
+        self._since = time.monotonic()
+
+    def keep(self, chunk: dict[str, Any]) -> bool:
+        """Whether `chunk` is held back (else it goes out now, with what was held: take())."""
+        if not self.holding:
+            return False
+        self._chunks.append(chunk)
+        return time.monotonic() - self._since < FLUSH_S
+
+    def take(self) -> dict[str, Any] | None:
+        self._since = time.monotonic()
+        if not self._chunks:
+            return None
+        merged = merge_text_chunks(self._chunks)
+        self._chunks = []
+        return merged
 
 
 def _die_with_parent() -> None:

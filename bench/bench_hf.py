@@ -134,6 +134,71 @@ def served(formats: list[str], tokens: int, rounds: int, port: int) -> dict[str,
     return rates
 
 
+def served_against_generate(formats: list[str], tokens: int, rounds: int, port: int = 18433,
+                            streams: int = 4) -> dict[str, dict[str, float]]:
+    """Per format, tokens/s (medians, rounds alternating): `generate` in this process, the same model
+    served (one stream, request to last token), and `streams` concurrent streams (aggregate over the
+    wall time; the HF scheduler decodes them as rows of one batch)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from backends.hf.adapter import HfTextAdapter
+
+    device = detect_device(MemoryProbe(), 0)
+    runs: dict[str, dict] = {}
+    adapters = []
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = Path(tmp) / "models.yaml"
+        registry.write_text(yaml.safe_dump({"models": [{**entry(f, n_parallel=streams), "keep_alive": -1}
+                                                       for f in formats]}))
+        os.environ["MODELYARD_MODEL_DIRS"] = f"{tmp},{DEFAULT_ROOT}"
+        os.environ["MODELYARD_BUDGET_MB"] = "16384"
+        process = start_server(port, registry)
+        pool = ThreadPoolExecutor(streams)
+        try:
+            for fmt in formats:
+                adapter = HfTextAdapter(parse_spec(entry(fmt)).resolve(device))
+                adapters.append(adapter)
+                prompt = adapter.tokenizer(adapter.render(MESSAGES), add_special_tokens=False,
+                                           return_tensors="pt").input_ids.to(adapter.model.device)
+                eos = sorted(adapter.eos_ids)
+
+                def generate(adapter=adapter, prompt=prompt, eos=eos) -> int:
+                    with torch.inference_mode():
+                        out = adapter.model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens,
+                                                     do_sample=False, pad_token_id=eos[0] if eos else None)
+                    return int(out.shape[1] - prompt.shape[1])
+
+                body = {"model": fmt, "messages": MESSAGES, "max_tokens": tokens, "temperature": 0,
+                        "logit_bias": EOS_BAN, "stream": True, "stream_options": {"include_usage": True}}
+
+                def request(body=body) -> int:
+                    usage = 0
+                    with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body,
+                                      timeout=600) as response:
+                        for line in response.iter_lines():
+                            if line.startswith("data: {") and '"usage":{' in line:
+                                usage = json.loads(line[6:])["usage"]["completion_tokens"]
+                    return usage
+
+                def several(request=request) -> int:
+                    return sum(pool.map(lambda _: request(), range(streams))) // streams
+
+                runs[fmt] = {"generate in-process": generate, "modelyard served c=1": request,
+                             f"modelyard served c={streams} (aggregate)": several}
+            rates = {fmt: median_rates(by_kind, tokens, rounds) for fmt, by_kind in runs.items()}
+        finally:
+            pool.shutdown()
+            for adapter in adapters:
+                adapter.close()
+            process.terminate()
+            process.wait(60)
+    for by_kind in rates.values():  # `several` counted one stream's tokens over the wall time of all
+        by_kind[f"modelyard served c={streams} (aggregate)"] *= streams
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)

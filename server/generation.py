@@ -8,13 +8,11 @@ call its worker, watch the client, and stream or collect what the engine produce
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
-from starlette.responses import StreamingResponse
 
 from backends.capability import Capability
 from backends.contract import Params, SamplingParams
@@ -22,7 +20,9 @@ from backends.spec import BaseSpec
 from server.access import note_model, note_placement
 from server.arbiter import Lease
 from server.errors import ClientDisconnected, InvalidRequest, ModelyardError, error_body
+from server.event_stream import EventStream
 from server.inflight import InFlight
+from server.json_response import dumps
 from server.services import services_of
 from server.worker_client import Call
 
@@ -101,7 +101,8 @@ class Generation:
 
     @classmethod
     async def open(cls, request: Request, spec: BaseSpec, keep_alive: float | None,
-                   params: list[Params]) -> Generation:
+                   params: list[Params], stream: bool = True) -> Generation:
+        """`stream` False: the answer is read whole, so the worker may send it in fewer, merged lines."""
         services = services_of(request)
         check_fan_out(params, services.settings.max_request_tokens,
                       lambda: services.arbiter.plan(spec)[0].context_length)
@@ -112,7 +113,7 @@ class Generation:
             note_placement(request, lease.placement)
             calls: list[Call] = []
             try:
-                calls = [await lease.worker.call(p) for p in params]
+                calls = [await lease.worker.call(p, stream) for p in params]
                 firsts = [await _first(call) for call in calls]
             except BaseException:
                 for call in calls:
@@ -143,12 +144,13 @@ class Generation:
         """Each call's result, once its events are read (and the generation was not abandoned)."""
         return [call.final or {} for call in self.calls]
 
-    async def events(self) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    def events(self) -> AsyncIterator[tuple[int, dict[str, Any]]]:
         """(call index, chunk) in arrival order; afterwards each call's `final` is set."""
         if len(self.calls) == 1:
-            async for item in self._one(0):
-                yield item
-            return
+            return self._one(0)  # directly: one async-generator layer less per chunk
+        return self._merged()
+
+    async def _merged(self) -> AsyncIterator[tuple[int, dict[str, Any]]]:
         # Bounded, so a reader that falls behind stops the pumps and backpressure reaches the worker.
         queue: asyncio.Queue = asyncio.Queue(maxsize=len(self.calls))
 
@@ -204,8 +206,8 @@ async def _first(call: Call) -> dict[str, Any] | None:
 
 
 def sse(payload: dict[str, Any] | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return b"data: " + data.encode() + b"\n\n"
+    data = payload.encode() if isinstance(payload, str) else dumps(payload)
+    return b"data: " + data + b"\n\n"
 
 
 DONE = b"data: [DONE]\n\n"
@@ -224,18 +226,22 @@ async def watched(request: Request, generation: Generation, body: AsyncIterator[
         generation.close()
 
 
-def sse_response(request: Request, generation: Generation, body: AsyncIterator[bytes]) -> StreamingResponse:
-    """Stream SSE; on a mid-stream failure send an error event then [DONE]; always free the lease."""
+def sse_response(request: Request, generation: Generation, body: AsyncIterator[bytes]) -> EventStream:
+    """Stream SSE; on a mid-stream failure send an error event then [DONE]; always free the lease.
+    A client that leaves stops the engine at once (not at the next write)."""
 
     async def stream() -> AsyncIterator[bytes]:
+        watcher = asyncio.ensure_future(_disconnected(request))
+        watcher.add_done_callback(lambda w: w.cancelled() or generation.close())
         try:
-            async for data in watched(request, generation, body):
+            async for data in body:
                 yield data
         except ModelyardError as exc:
             yield sse(error_body(exc))
         finally:
+            watcher.cancel()
+            generation.close()
             services_of(request).metrics.observe_generation(generation.spec.id, generation)
         yield DONE
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventStream(stream())

@@ -15,11 +15,14 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from backends import codec
 from backends.contract import (
+    TEXT_METHODS,
     CallMessage,
     ControlMessage,
     ErrorCode,
@@ -30,6 +33,7 @@ from backends.contract import (
     Reply,
     Result,
     encode_params,
+    merge_text_chunks,
     method_of,
 )
 from backends.plan import LoadPlan, type_name
@@ -55,7 +59,10 @@ _CANCELLED = object()
 # on once its reader is back down to _RESUME_AT (a client that does not read holds ~64 chunks here).
 _PAUSE_AT = 64
 _RESUME_AT = 16
-_TEXT_METHODS = frozenset({Method.CHAT, Method.COMPLETE})
+# A reader that fell behind reads up to this many waiting text chunks as one. Bounded: a client that
+# stopped reading is held back by buffers counted in bytes, and the fewer bytes a token takes on the
+# wire, the more tokens the engine would generate for nobody before the pause reaches it.
+_MERGE_MAX = 4
 
 
 class WorkerGone(Exception):
@@ -63,13 +70,20 @@ class WorkerGone(Exception):
 
 
 class Call:
-    """One request in flight on a worker: iterate for chunks; `final` holds the closing result."""
+    """One request in flight on a worker: iterate for chunks; `final` holds the closing result.
+
+    A text call's chunks that wait unread are read a few at a time as one (merged): a reader that fell
+    behind the engine catches up in fewer passes than one event per token."""
 
     def __init__(self, worker: WorkerProcess, call_id: int, method: Method):
         self._worker = worker
         self.id = call_id
         self.method = method
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._inbox: deque = deque()
+        self._loop = asyncio.get_running_loop()  # once: asking for it each time costs a getpid() syscall
+        self._waiter: asyncio.Future | None = None
+        self._unread = 0  # chunks in the inbox
+        self._merge = method in TEXT_METHODS
         self.final: Result | None = None
         self.done = False
         self.cancelled = False  # stopped before its end: `final` stays None
@@ -78,11 +92,15 @@ class Call:
         self.paused = False  # the worker was asked to stop producing until the reader catches up
 
     def _deliver(self, message: Any) -> None:
-        self._queue.put_nowait(message)
+        self._inbox.append(message)
         if isinstance(message, dict) and "c" in message:
             self.produced = True
-            if not self.paused and self._queue.qsize() >= _PAUSE_AT:
+            self._unread += 1
+            if not self.paused and self._unread >= _PAUSE_AT:
                 self._flow(paused=True)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _flow(self, paused: bool) -> None:
         self.paused = paused
@@ -92,18 +110,33 @@ class Call:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
-        if self.done and self._queue.empty():
+        inbox = self._inbox
+        if self.done and not inbox:
             raise StopAsyncIteration
-        message = await self._queue.get()
-        if self.paused and self._queue.qsize() <= _RESUME_AT:
-            self._flow(paused=False)
+        while not inbox:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        message = inbox.popleft()
         if message is _CANCELLED:
             raise StopAsyncIteration
         if isinstance(message, ModelyardError):
             self.done = True
             raise message
         if "c" in message:
-            return message["c"]
+            chunk = message["c"]
+            self._unread -= 1
+            if self._merge and inbox and isinstance(inbox[0], dict) and "c" in inbox[0]:
+                chunks = [chunk]
+                while len(chunks) < _MERGE_MAX and inbox and isinstance(inbox[0], dict) and "c" in inbox[0]:
+                    chunks.append(inbox.popleft()["c"])
+                self._unread -= len(chunks) - 1
+                chunk = merge_text_chunks(chunks)
+            if self.paused and self._unread <= _RESUME_AT:
+                self._flow(paused=False)
+            return chunk
         self.done = True
         self._worker._calls.pop(self.id, None)
         if "end" in message:
@@ -124,14 +157,14 @@ class Call:
             return
         self.done = self.cancelled = True
         self._worker._calls.pop(self.id, None)
-        self._queue.put_nowait(_CANCELLED)
+        self._deliver(_CANCELLED)
         self._worker._send_nowait({"op": "cancel", "id": self.id})
 
     def fail(self, error: ModelyardError) -> None:
         """End the call with `error` for its reader (after the chunks already here); stop the engine."""
         if self.done or self._worker._calls.pop(self.id, None) is None:
             return
-        self._queue.put_nowait(error)
+        self._deliver(error)
         self._worker._send_nowait({"op": "cancel", "id": self.id})
 
 
@@ -151,15 +184,97 @@ def _map_error(err: ErrorReply, label: str) -> ModelyardError:
     return BackendError(f"model {label} failed: {err['message']}")
 
 
+class Pipe(asyncio.Protocol):
+    """The server's end of a worker's socket. Lines are handled as they arrive, in the event loop's
+    own read callback: a burst of lines costs one wake-up, and no task switch per read."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.closed = loop.create_future()  # the exception that closed it, or None
+        self.on_line: Callable[[bytes], None] | None = None  # set once the handshake is read
+        self.on_data: Callable[[], None] = lambda: None
+        self._early: list[bytes] = []  # lines before on_line is set (the handshake's answer)
+        self._arrived = loop.create_future()
+        self._lines = codec.LineSplitter()
+        self._drained: asyncio.Future | None = None  # set while the socket's write buffer is full
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.on_data()
+        lines = self._lines.feed(data)
+        if self._lines.pending > _STREAM_LIMIT:
+            self.transport.close()
+            self._close(ValueError(f"a line longer than {_STREAM_LIMIT} bytes"))
+            return
+        if self.on_line is None:
+            self._early.extend(lines)
+            if self._early and not self._arrived.done():
+                self._arrived.set_result(None)
+            return
+        for line in lines:
+            self.on_line(line)
+
+    async def first_line(self) -> bytes | None:
+        """The first line (the worker's answer to the handshake); None if it closed first."""
+        await asyncio.wait({self._arrived, self.closed}, return_when=asyncio.FIRST_COMPLETED)
+        return self._early.pop(0) if self._early else None
+
+    def serve(self, on_line: Callable[[bytes], None]) -> None:
+        """From now on every line goes to `on_line`, starting with any that came with the handshake's."""
+        early, self._early = self._early, []
+        self.on_line = on_line
+        for line in early:
+            on_line(line)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: the worker is gone
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close(exc)
+
+    def _close(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(exc)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.closed.done():
+            raise ConnectionResetError("the worker's socket is closed")
+        if self._drained is not None:
+            await self._drained
+
+    def is_closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 class WorkerProcess:
     """A running worker: its pid, its own memory account, and calls multiplexed on one socket."""
 
-    def __init__(self, plan: LoadPlan, process: asyncio.subprocess.Process, reader, writer):
+    def __init__(self, plan: LoadPlan, process: asyncio.subprocess.Process, pipe: Pipe):
         self.plan = plan
         self.process = process
         self.pid = process.pid
-        self._reader = reader
-        self._writer = writer
+        self._pipe = pipe
+        self._writer = pipe
         self._calls: dict[int, Call] = {}
         self._ids = itertools.count(1)
         self._stats: dict[int, asyncio.Future] = {}
@@ -184,7 +299,7 @@ class WorkerProcess:
         handshake: Handshake = {"plan_type": type_name(type(self.plan)), "plan": self.plan.to_json()}
         self._writer.write(json.dumps(handshake).encode() + b"\n")
         await self._writer.drain()
-        line = await self._reader.readline()
+        line = await self._pipe.first_line()
         if not line:
             code = await self.process.wait()
             raise ModelLoadFailed(f"model {self.plan.model_id} failed to load: the worker exited with code {code}")
@@ -196,26 +311,45 @@ class WorkerProcess:
         self._pump = asyncio.create_task(self._read_loop(), name=f"worker-{self.pid}")
 
     async def _read_loop(self) -> None:
+        """Lines are dispatched by the pipe as they come; this waits for the end of the channel."""
+        pipe = self._pipe
+
+        def on_line(line: bytes) -> None:
+            try:
+                self._dispatch(codec.decode(line))
+            except ValueError as exc:  # not JSON: the channel is broken
+                pipe.close()
+                pipe._close(exc)
+
+        def on_data() -> None:
+            self.last_heard = time.monotonic()
+
+        pipe.on_data = on_data
+        pipe.serve(on_line)
         try:
-            while line := await self._reader.readline():
-                message: Reply = json.loads(line)
-                self.last_heard = time.monotonic()
-                if "op" in message:
-                    continue  # a heartbeat
-                call_id = message["id"]
-                if "stats" in message:
-                    future = self._stats.pop(call_id, None)
-                    if future and not future.done():
-                        future.set_result(message["stats"])
-                elif call_id in self._parks:
-                    self._parks.pop(call_id).set_result(message)
-                elif (call := self._calls.get(call_id)) is not None:
-                    self.last_output = self.last_heard
-                    call._deliver(message)
-        except (ConnectionError, ValueError) as exc:
-            log.warning("worker %s: broken channel: %s", self.label, exc)
+            exc = await pipe.closed
+            if exc is not None:
+                log.warning("worker %s: broken channel: %s", self.label, exc)
         finally:
             await self._finish()
+
+    def _dispatch(self, message: Reply) -> None:
+        if "op" in message:
+            return  # a heartbeat
+        call_id = message["id"]
+        if "stats" in message:
+            future = self._stats.pop(call_id, None)
+            if future and not future.done():
+                future.set_result(message["stats"])
+        elif call_id in self._parks:
+            self._parks.pop(call_id).set_result(message)
+        elif (call := self._calls.get(call_id)) is not None:
+            self.last_output = self.last_heard
+            if "c" in message and "end" in message:  # the last chunk and the result in one line
+                call._deliver({"c": message["c"]})
+                call._deliver({"end": message["end"]})
+            else:
+                call._deliver(message)
 
     async def _finish(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -240,7 +374,7 @@ class WorkerProcess:
 
     def _send_nowait(self, message: ControlMessage) -> None:
         if not self.exited.is_set() and not self._writer.is_closing():
-            self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            self._writer.write(codec.encode(message))
 
     def watch(self, timeouts: Timeouts) -> None:
         """Start the watchdog (once loaded: a load has its own timeout, and no heartbeat before)."""
@@ -248,7 +382,7 @@ class WorkerProcess:
         self._watchdog = asyncio.create_task(watch(self, timeouts), name=f"watchdog-{self.pid}")
 
     def text_calls(self) -> list[CallState]:
-        return [CallState(c.started, c.produced, c.paused) for c in self._calls.values() if c.method in _TEXT_METHODS]
+        return [CallState(c.started, c.produced, c.paused) for c in self._calls.values() if c.method in TEXT_METHODS]
 
     def kill_hung(self, why: str) -> None:
         """The watchdog's verdict: fail its calls with a timeout (504) and kill it; the arbiter
@@ -271,17 +405,21 @@ class WorkerProcess:
         if self.exited.is_set():
             raise WorkerCrashed(f"the worker serving model {self.plan.model_id} is gone; retry to start a fresh one")
         try:
-            self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            self._writer.write(codec.encode(message))
             await self._writer.drain()
         except ConnectionError:
             raise WorkerCrashed(f"the worker serving model {self.plan.model_id} is gone") from None
 
-    async def call(self, params: Params) -> Call:
-        """Start the adapter method these params are for; read its chunks from the Call."""
+    async def call(self, params: Params, stream: bool = True) -> Call:
+        """Start the adapter method these params are for; read its chunks from the Call. Not
+        `stream`ed: nobody reads the chunks before the end, so the worker may send them merged."""
         method = method_of(params)
         call = Call(self, next(self._ids), method)
         self._calls[call.id] = call
-        await self._send({"op": "call", "id": call.id, "method": method, "params": encode_params(params)})
+        message: CallMessage = {"op": "call", "id": call.id, "method": method, "params": encode_params(params)}
+        if not stream:
+            message["stream"] = False
+        await self._send(message)
         return call
 
     async def stats(self, timeout: float = 1.0) -> dict[str, Any]:
@@ -338,8 +476,8 @@ class WorkerFactory:
             )
         finally:
             child.close()
-        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=_STREAM_LIMIT)
-        worker = WorkerProcess(plan, process, reader, writer)
+        _, pipe = await asyncio.get_running_loop().create_unix_connection(Pipe, sock=parent)
+        worker = WorkerProcess(plan, process, pipe)
         try:
             await worker._handshake()
         except BaseException:
@@ -347,7 +485,7 @@ class WorkerFactory:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await asyncio.shield(process.wait())
-            writer.close()
+            pipe.close()
             raise
         log.info("worker %s ready (reports %.0f MiB)", worker.label, worker.reported_mb)
         worker.watch(self.timeouts)

@@ -22,7 +22,9 @@ def chat(client, model, **kwargs):
 def workload(tmp_path_factory):
     """a: 2 plain chats + 1 stream; an unknown model; b evicts a; "once" unloads after its request;
     "broken" fails to load. Yields the server and its /metrics afterwards."""
-    models = [fake("a", memory_mb=600), fake("b", memory_mb=600),
+    # a paces its tokens as an engine does: a reader that keeps up gets one chunk per token (chunks that
+    # wait unread are merged, server/worker_client.py)
+    models = [fake("a", memory_mb=600, token_latency_s=0.01), fake("b", memory_mb=600),
               fake("once", memory_mb=100, spec_keep_alive=0),
               fake("broken", memory_mb=100, fail_load="weights unreadable")]
     with serve(tmp_path_factory.mktemp("metrics"), models, budget_mb=1000) as s:

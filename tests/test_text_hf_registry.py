@@ -97,6 +97,23 @@ def test_estimate_scales_with_quantization_bits_and_context(tmp_path):
     assert plan(device="cpu").dtype == "float32"
 
 
+def test_cpu_threads_default_to_half_the_cores_for_generation_and_batching_to_the_dynamic_path(tmp_path,
+                                                                                                monkeypatch):
+    path = _fake_checkpoint(tmp_path / "llama-7b")
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+
+    def plan(device: str = "cpu", **options):
+        spec = HfSpec(id="m", backend="hf", path=path, options={"device": device, **options})
+        return spec.resolve(Device(kind=device))
+
+    assert plan().n_threads == 4  # the HTTP process and the OS keep the other half
+    assert plan(n_threads=6).n_threads == 6
+    assert plan(embedding=True).n_threads == 4  # still a causal LM, read for embeddings
+    assert plan("cuda").n_threads == 0  # torch's own: the GPU computes
+    assert plan().n_parallel == 4 and plan(n_parallel=2).n_parallel == 2  # dynamic on a CPU: batched
+    assert plan("cuda", decode="static").n_parallel == 1  # one StaticCache: one request at a time
+
+
 def test_two_hf_formats_over_the_budget_take_turns(demo_root, served):
     # Measured on this machine kind, a CPU worker holds ~0.7 GiB (fp16 tiny model) and ~0.9 GiB (GPTQ,
     # whose kernels import more): each fits 1400 MiB alone, the two together do not.

@@ -17,6 +17,7 @@ import threading
 from typing import Any
 
 from backends import text, tools
+from backends.batcher import Batcher
 from backends.contract import (
     Cancel,
     ChatParams,
@@ -29,6 +30,7 @@ from backends.contract import (
     SamplingParams,
     TokenizeParams,
 )
+from backends.gguf import sampler as sampling
 from backends.gguf.file import GgufFile
 from backends.gguf.lora import Loras
 from backends.gguf.plan import GgufPlan
@@ -39,9 +41,6 @@ from backends.gguf.vision import ImagePrompt, Projector, image_slots
 from backends.guidance import Constraint, llama_tokenizer
 from backends.plan import MIB
 from backends.tools import ToolConstraint
-
-_RANDOM_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
-_PENALTY_WINDOW = 64
 
 
 class GgufAdapter:
@@ -70,7 +69,9 @@ class GgufAdapter:
             self.llama = llama_cpp.Llama(str(plan.path), **kwargs)
         except ValueError as exc:
             raise RuntimeError(f"llama.cpp could not load {plan.path.name}: {exc}") from None
-        self._counters = {"tokens_generated": 0, "peak_sequences": 0, "images": 0}
+        if plan.pooled and plan.flash_attn != "off":
+            self._pooled_context(plan)
+        self._counters = {"tokens_generated": 0, "peak_sequences": 0, "images": 0, "engine_s": 0.0, "engine_cpu_s": 0.0}
         self.loras: Loras | None = None
         self.scheduler = None if plan.pooled else self._batching_scheduler(plan.n_parallel)
         self.projector = Projector(llama_cpp, self.llama._model.model, plan.mmproj, plan.n_threads_batch,
@@ -80,6 +81,7 @@ class GgufAdapter:
         self._template_source = plan.chat_template or self.file.chat_template
         self._template: text.ChatTemplate | None = None
         self._lock = threading.Lock()
+        self._embedder: Batcher[list[int], list[float]] = Batcher(self._embed_batch)
         self._prompt_tokens = 0
         self._requests = 0
         self._lltokenizer = None  # the vocabulary as llguidance sees it, built for the first schema
@@ -94,7 +96,8 @@ class GgufAdapter:
 
     def stats(self) -> dict[str, Any]:
         return {**self._counters, "prompt_tokens": self._prompt_tokens, "requests": self._requests,
-                "n_ctx": self.n_ctx, "adapters": self.loras.state() if self.loras else {}}
+                "n_ctx": self.n_ctx, "pooled_batches": self._embedder.batches,
+                "adapters": self.loras.state() if self.loras else {}}
 
     def close(self) -> None:
         if self.scheduler is not None:
@@ -102,14 +105,32 @@ class GgufAdapter:
             if self.loras is not None:
                 self.loras.close()
             self.ctx.close()
+        else:
+            self.llama._ctx.close()  # ours, maybe (_pooled_context): the loader closes only its own
         if self.projector is not None:
             self.projector.close()
         self.llama.close()
+
+    def _flash_attn(self, plan: GgufPlan) -> int:
+        lc = self._lc
+        return {"auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED}[plan.flash_attn]
+
+    def _pooled_context(self, plan: GgufPlan) -> None:
+        """The loader's context again, with flash attention as planned (the loader takes only on/off)."""
+        from llama_cpp import _internals
+
+        params = type(self.llama.context_params).from_buffer_copy(self.llama.context_params)
+        params.flash_attn_type = self._flash_attn(plan)
+        self.llama._ctx.close()
+        self.llama._ctx = _internals.LlamaContext(model=self.llama._model, params=params, verbose=False)
+        self.llama.context_params = params
 
     def _batching_scheduler(self, n_parallel: int) -> Scheduler:
         from llama_cpp import _internals
 
         params = type(self.llama.context_params).from_buffer_copy(self.llama.context_params)
+        params.flash_attn_type = self._flash_attn(self.plan)
         params.n_ctx = self.n_ctx
         params.n_batch = params.n_ubatch = min(self.n_ctx, 512)
         params.n_seq_max = n_parallel
@@ -171,12 +192,16 @@ class GgufAdapter:
             sequences = [self._pooled_tokens(item, i) for i, item in enumerate(params.inputs)]
         for i, sequence in enumerate(sequences):
             text.check_context(len(sequence), self.n_ctx, "input", what=f"input {i}", room=0)
-        with cancel.holding(self._lock):
-            vectors = self._pooled(sequences, self.llama.n_embd(), normalize=True)
-            count = sum(map(len, sequences))
+        vectors = self._embedder.submit(sequences, cancel)  # with other requests' inputs, in as few decodes
+        count = sum(map(len, sequences))
+        with self._lock:
             self._prompt_tokens += count
             self._requests += 1
         return {"embeddings": vectors, "usage": {"prompt_tokens": count}}
+
+    def _embed_batch(self, sequences: list[list[int]]) -> list[list[float]]:
+        with self._lock:
+            return self._pooled(sequences, self.llama.n_embd(), normalize=True)
 
     def rerank(self, params: RerankParams, cancel: Cancel) -> Chunks:
         """Each document read after the query, the way the file's tokenizer frames a pair
@@ -312,7 +337,7 @@ class GgufAdapter:
         self._requests += 1
         self._prompt_tokens += len(tokens)
         stream = TokenStream(self.vocab, tokens, params.stop, top, echo)
-        sampler = self._sampler(params, bias)
+        sampler = sampling.chain(params, bias, self.vocab.n_vocab)
         seq = Sequence(tokens, sampler, budget, stream, cancel, prompt_logits=echo is not None and top is not None,
                        constraint=constraint, group=group, media=media)
         ended = False
@@ -347,25 +372,6 @@ class GgufAdapter:
         if name is not None:
             raise InvalidInput(f"model {self.model_id} has no adapter {name!r}", param="model")
         return None
-
-    def _sampler(self, params: SamplingParams, bias: dict[int, float]):
-        from llama_cpp import _internals
-
-        sampler = _internals.LlamaSampler()
-        if bias:
-            sampler.add_logit_bias(self.vocab.n_vocab, bias)
-        if params.presence_penalty or params.frequency_penalty:
-            sampler.add_penalties(self.vocab.n_vocab, _PENALTY_WINDOW, 1.0, params.frequency_penalty,
-                                  params.presence_penalty)
-        if params.temperature == 0:
-            sampler.add_greedy()
-        else:
-            if params.top_p < 1.0:
-                sampler.add_top_p(params.top_p, 1)
-            sampler.add_temp(params.temperature)
-            seed = _RANDOM_SEED if params.seed is None else params.seed % _RANDOM_SEED
-            sampler.add_dist(seed)
-        return sampler
 
     def _constraint(self, params: SamplingParams) -> Constraint | ToolConstraint | None:
         return tools.constraint_for(params, self._llguidance_vocab, self.vocab.n_vocab,

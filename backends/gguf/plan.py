@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from backends.plan import MIB, LoadPlan, LoraAdapter, MemoryEstimate
+from backends.plan import MIB, POOLED_PARALLEL, LoadPlan, LoraAdapter, MemoryEstimate
 
 BUFFERS_MB = 48  # llama.cpp's compute and output buffers for a small model, roughly
 
@@ -33,6 +33,7 @@ class GgufPlan(LoadPlan):
     layer_bytes: tuple[int, ...] = ()  # per repeating block, from the file's tensors
     output_bytes: int = 0  # output norm and head (the input embeddings when they are tied)
     input_bytes: int = 0  # token embeddings: llama.cpp keeps them on the CPU
+    flash_attn: str = "auto"  # auto | on | off, as llama.cpp's --flash-attn
     adapters: tuple[LoraAdapter, ...] = ()  # LoRA adapters loaded beside the base (gguf/lora.py)
     mmproj: Path | None = None  # the vision projector (gguf/vision.py); on the GPU with the model
     mmproj_bytes: int = 0
@@ -76,7 +77,7 @@ class GgufPlan(LoadPlan):
         return best
 
     def parallel(self) -> int | None:
-        return 1 if self.pooled else self.n_parallel  # embeddings and rerank run one call at a time, under a lock
+        return POOLED_PARALLEL if self.pooled else self.n_parallel
 
     def warm_files(self) -> tuple[Path, ...]:
         return (self.path, *((self.mmproj,) if self.mmproj else ()), *(a.path for a in self.adapters))

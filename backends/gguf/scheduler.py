@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -48,6 +49,9 @@ class Sequence:
         self.cancel = cancel
         self.prompt_logits = prompt_logits
         self.constraint = constraint  # backends/guidance.py: masks the logits before each sample
+        # The worker's pipe, when it gave one: chunks go out from the scheduler's thread, and only the
+        # end or an error through `events` (the call's thread would otherwise wake once per token).
+        self.outlet = getattr(cancel, "outlet", None)
         self.group = group  # the LoRA adapter it decodes with (None: the base)
         self.media = media  # gguf/vision.py ImagePrompt: decodes the images its placeholders stand for
         self.events: queue.Queue = queue.Queue()
@@ -60,6 +64,13 @@ class Sequence:
     @property
     def reserve(self) -> int:
         return len(self.tokens) + self.budget
+
+    @property
+    def held_back(self) -> bool:
+        """Its reader is behind: it is not decoded until it reads (it keeps its slot and cells)."""
+        if self.outlet is not None:
+            return self.outlet.paused
+        return self.events.qsize() >= _MAX_UNREAD
 
 
 class Scheduler:
@@ -207,7 +218,7 @@ class Scheduler:
             room = self._n_batch - n
             if room <= 0:
                 break
-            if not seq.in_prompt and seq.events.qsize() >= _MAX_UNREAD:
+            if not seq.in_prompt and seq.held_back:
                 continue
             if seq.pending and seq.pending[0] < 0 and not self._decode_image(seq):
                 continue
@@ -231,7 +242,10 @@ class Scheduler:
             return False
         batch.n_tokens = n
         self._counters["peak_sequences"] = max(self._counters.get("peak_sequences", 0), len(outputs))
+        started, started_cpu = time.perf_counter(), time.thread_time()
         code = self._lc.llama_decode(self._ctx.ctx, batch)
+        self._counters["engine_s"] += time.perf_counter() - started  # the model's own compute
+        self._counters["engine_cpu_s"] += time.thread_time() - started_cpu  # of it, on this thread's CPU
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")
         for seq, start, count in outputs:
@@ -300,7 +314,11 @@ class Scheduler:
 
     @staticmethod
     def _put_chunk(seq: Sequence, chunk: dict[str, Any] | None) -> None:
-        if chunk:
+        if not chunk:
+            return
+        if seq.outlet is not None:
+            seq.outlet.send(chunk)
+        else:
             seq.events.put(("chunk", chunk))
 
     def _release(self, seq: Sequence) -> None:
@@ -313,6 +331,8 @@ class Scheduler:
         self._release(seq)
         tail, final = seq.stream.finish(reason, seq.produced)
         self._put_chunk(seq, tail)
+        if seq.outlet is not None:
+            seq.outlet.finish(final)  # from here: the call's thread need not wake first
         seq.events.put(("end", final))
 
     def _fail(self, seq: Sequence, exc: Exception) -> None:

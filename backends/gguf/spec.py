@@ -31,6 +31,9 @@ class GgufOptions(BaseModel):
     n_gpu_layers: int | None = Field(None, ge=-1, description="Layers on the GPU; default all when one is visible.")
     n_threads: int | None = Field(None, ge=1, le=512, description="Also used for prompts and batched steps.")
     n_parallel: int = Field(4, ge=1, le=64, description="Requests decoded together in one batch (shared KV pool).")
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto", description="Flash attention; auto: where llama.cpp supports it for the model and device (its "
+                            "own default; ~10% faster decode on a CPU, less compute memory).")
     chat_template: str | None = Field(None, max_length=200_000, description="Overrides the GGUF's template.")
     tool_format: ToolFormatOption = Field("auto", description="Tool-call syntax; auto: the one the template teaches.")
     embedding: bool = Field(False, description="Serve /v1/embeddings (pooled) instead of text generation.")
@@ -103,7 +106,8 @@ class GgufSpec(BaseSpec):
             # Unset, llama-cpp-python's defaults: half the cores per token, every core per batch. Set,
             # batches follow it (all cores stalled batched steps 100x on a busy machine).
             n_threads=self.options.n_threads or max(cores // 2, 1), n_threads_batch=self.options.n_threads or cores,
-            n_parallel=self.options.n_parallel, chat_template=self.options.chat_template,
+            n_parallel=self.options.n_parallel, flash_attn=self.options.flash_attn,
+            chat_template=self.options.chat_template,
             embedding=self.options.embedding, rerank=self.options.rerank, file_bytes=size,
             kv_bytes_per_token=info.kv_cache_bytes(1) if info else 0,
             layer_bytes=info.tensors.layers if info else (), output_bytes=info.tensors.output if info else 0,

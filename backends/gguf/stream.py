@@ -22,8 +22,17 @@ class Vocab:
         self.eos = llama.token_eos()
         self.spm = spm  # SentencePiece vocabularies add a leading space to the prompt
         self.adds_bos = bool(lc.llama_vocab_get_add_bos(self.vocab))
+        # Each token's bytes, read from llama.cpp once (a ctypes call and a buffer per token otherwise).
+        self._pieces: dict[tuple[int, bool], bytes] = {}
 
     def piece(self, token: int, special: bool = False) -> bytes:
+        key = (token, special)
+        cached = self._pieces.get(key)
+        if cached is None:
+            cached = self._pieces[key] = self._read_piece(token, special)
+        return cached
+
+    def _read_piece(self, token: int, special: bool) -> bytes:
         buffer = ctypes.create_string_buffer(64)
         n = self._lc.llama_token_to_piece(self.vocab, token, buffer, 64, 0, special)
         if n < 0:

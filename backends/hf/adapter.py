@@ -14,11 +14,13 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import queue
 import threading
 from pathlib import Path
 from typing import Any
 
 from backends import bundle, text
+from backends.batcher import Batcher
 from backends.contract import (
     Cancel,
     ChatParams,
@@ -31,15 +33,20 @@ from backends.contract import (
     TokenizeParams,
     TokenLogprob,
 )
+from backends.hf.batch import Row, Scheduler, batchable
 from backends.hf.decode import make_decoder
 from backends.hf.guidance import Guidance
 from backends.hf.lora import Loras
 from backends.hf.plan import HfPlan
-from backends.hf.tokens import Detokenizer, fim_tokens, token_bytes
+from backends.hf.tokens import fim_tokens, token_bytes
 from backends.plan import MIB
+
+EMBED_BATCH = 32  # inputs per embedding forward
 
 
 class HfTextAdapter:
+    batches = True  # concurrent requests decode as rows of one batch (backends/hf/batch.py)
+
     def __init__(self, plan: HfPlan):
         # gptqmodel sizes its CPU thread pools from the core count and fails on 2 cores without this.
         os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
@@ -49,6 +56,8 @@ class HfTextAdapter:
 
         self._torch = torch
         self.plan = plan
+        if plan.n_threads:
+            torch.set_num_threads(plan.n_threads)
         self.model_id = plan.model_id
         if plan.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device: cuda was planned but torch sees no CUDA device")
@@ -79,11 +88,17 @@ class HfTextAdapter:
         self._keep_arg = "logits_to_keep" in accepted
         # transformers 5.2x renamed past_key_values to cache (the old name warns)
         self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
+        self._keep = {"logits_to_keep": 1} if self._keep_arg else {}
         self.decoder = make_decoder(plan.decode, torch, self.model, self._cache_arg, self._keep_arg,
                                     self.context) if plan.causal else None
-        self._lock = threading.Lock()  # one request at a time: the model and its cache are not shared
+        self._lock = threading.Lock()  # around every forward: the scheduler's, prompt logprobs, embeddings
+        self._embedder: Batcher[list[int], list[float]] = Batcher(self._embed_batch)
         self._tokens_generated = 0
         self._requests = 0
+        self._engine_s = 0.0
+        self._engine_cpu_s = 0.0
+        batched = self.batches and plan.decode == "dynamic" and batchable(self.model)
+        self.scheduler = Scheduler(self, plan.n_parallel, batched) if plan.causal else None
 
     # ---- loading ----------------------------------------------------------------------------
 
@@ -117,11 +132,13 @@ class HfTextAdapter:
         return own / MIB
 
     def stats(self) -> dict[str, Any]:
-        return {"tokens_generated": self._tokens_generated, "requests": self._requests,
+        return {"tokens_generated": self._tokens_generated, "requests": self._requests, "engine_s": self._engine_s,
+                "engine_cpu_s": self._engine_cpu_s,
                 "adapters": self.loras.state() if self.loras else {},
                 "weights_bytes": self.model.get_memory_footprint(), "dtype": self.plan.dtype,
                 "quantization": self.plan.quantization, "device": self.plan.device, "context_length": self.context,
-                "decode": self._decode_kind()}
+                "decode": self._decode_kind(),
+                "peak_rows": self.scheduler.peak_rows if self.scheduler is not None else 0}
 
     def _decode_kind(self) -> str | None:
         """The decode path in use (cuda-graphs falls back to static when it cannot compile)."""
@@ -144,6 +161,8 @@ class HfTextAdapter:
         return bundle.size_of(dest)
 
     def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
         self.model = None
         if self.plan.device == "cuda":
             self._torch.cuda.empty_cache()
@@ -175,7 +194,6 @@ class HfTextAdapter:
         return (yield from self._generate(ids, params, cancel, params.logprobs, "prompt", echo=echo))
 
     def embed(self, params: EmbeddingParams, cancel: Cancel) -> Chunks:
-        torch = self._torch
         if not self.plan.embedding:
             raise text.unsupported(self.model_id, "does not serve embeddings (set `embedding: true` in models.yaml)")
         if params.token_inputs is not None:
@@ -189,32 +207,39 @@ class HfTextAdapter:
             raise InvalidInput("input must not be empty", param="input")
         longest = max(map(len, encoded))
         text.check_context(longest, self.context, "input", what="an input", room=0)
+        vectors = self._embedder.submit(encoded, cancel)  # with other requests' inputs, in as few forwards
+        self._requests += 1
+        return {"embeddings": vectors, "usage": {"prompt_tokens": sum(map(len, encoded))}}
+        yield  # a generator like every capability method, though it yields nothing
+
+    def _embed_batch(self, encoded: list[list[int]]) -> list[list[float]]:
+        """Mean-pooled, normalised last hidden states, EMBED_BATCH inputs a forward, inputs of like
+        length together (less padding); in the inputs' order."""
+        torch = self._torch
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Right padding keeps each text's positions as they would be alone (a causal LM numbers
         # positions from the left edge); the attention mask then hides the padding from the mean.
         self.tokenizer.padding_side = "right"
-        vectors: list[list[float]] = []
-        total = 0
-        with cancel.holding(self._lock):
-            self._use_adapter(None)
-            for start in range(0, len(encoded), 16):
-                if cancel:
-                    break
-                batch = self.tokenizer.pad({"input_ids": encoded[start:start + 16]}, padding=True, return_tensors="pt")
-                total += int(batch["attention_mask"].sum())
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        vectors: list[list[float]] = [[] for _ in encoded]
+        extra = {"logits_to_keep": 1} if self._keep_arg else {}
+        with self._lock:
+            self._use_adapter(None)  # embeddings are the base's
+            for start in range(0, len(order), EMBED_BATCH):
+                chunk = order[start:start + EMBED_BATCH]
+                batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, padding=True,
+                                           return_tensors="pt")
                 batch = {k: v.to(self.model.device) for k, v in batch.items()}
-                extra = {"logits_to_keep": 1} if self._keep_arg else {}
                 with torch.inference_mode():
                     out = self.model(**batch, output_hidden_states=True, **extra)
                 hidden = out.hidden_states[-1] if getattr(out, "hidden_states", None) else out.last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
                 pooled = (hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                vectors.extend(pooled.cpu().tolist())
-        self._requests += 1
-        return {"embeddings": vectors, "usage": {"prompt_tokens": total}}
-        yield  # a generator like every capability method, though it yields nothing
+                for i, row in zip(chunk, pooled.cpu().tolist(), strict=True):
+                    vectors[i] = row
+        return vectors
 
     def tokenize(self, params: TokenizeParams, cancel: Cancel) -> Chunks:
         """Text as a prompt is tokenized, or messages through the chat template, as generation would."""
@@ -244,80 +269,43 @@ class HfTextAdapter:
 
     def _generate(self, ids: list[int], params, cancel: Cancel, top: int | None, param: str,
                   echo: bool = False) -> Chunks:
-        torch = self._torch
         text.check_context(len(ids), self.context, param)
         if params.adapter is not None and self.loras is None:
             raise InvalidInput(f"model {self.model_id} has no adapter {params.adapter!r}", param="model")
         if self.loras is not None:
             self.loras.require(params.adapter, self.model_id)
-        bias = self._bias(params.logit_bias)
-        constraint = self.guidance.constraint(params, self.template.source)
-        budget = self.context - len(ids)
-        if params.max_tokens is not None:
-            budget = min(budget, params.max_tokens)
-        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-        generator = torch.Generator(device=self.model.device).manual_seed(seed % (2**63))
-        stops = text.StopMatcher(params.stop)
-        detok = Detokenizer(self.tokenizer)
-        pending: list[TokenLogprob] = []
-        produced, finish, offset, hit = 0, "length", 0, False
-        with cancel.holding(self._lock):
-            self._use_adapter(params.adapter)
-            self._requests += 1
-            if echo:
-                prompt_text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                offset = len(prompt_text)
-                chunk: TextChunk = {"text": prompt_text}
-                if top is not None:
+        row = Row(self, ids, params, cancel, top, offset=0)  # refuses a bad bias or schema before any output
+        self._requests += 1
+        if echo:
+            prompt_text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            row.offset = len(prompt_text)
+            chunk: TextChunk = {"text": prompt_text}
+            if top is not None:
+                with cancel.holding(self._lock):
+                    self._use_adapter(params.adapter)
                     chunk["logprobs"] = self._prompt_logprobs(ids, top)
-                yield chunk
-            counts = torch.zeros(self.vocab_rows(), dtype=torch.float32, device=self.model.device)
-            self.decoder.begin()
-            step_input = torch.tensor([ids], device=self.model.device)
-            while produced < budget:
-                if cancel:
-                    finish = "cancelled"
-                    break
-                logits = self.decoder.step(step_input)
-                raw = logits
-                logits = logits.clone()
-                logits[self.vocab:] = -math.inf  # padded rows of the embedding are not tokens
-                if bias is not None:
-                    logits += bias
-                if params.presence_penalty or params.frequency_penalty:
-                    logits -= params.presence_penalty * (counts > 0) + params.frequency_penalty * counts
-                if constraint is not None:
-                    self.guidance.mask(constraint, logits)
-                token = self._sample(logits, params.temperature, params.top_p, generator)
-                produced += 1
-                self._tokens_generated += 1
-                counts[token] += 1
-                if constraint is not None:
-                    constraint.accept(token)
-                if token in self.eos_ids:
-                    finish = "stop"
-                    break
-                if top is not None:
-                    pending.append(self._token_logprob(raw, token, top, offset))
-                piece = detok.push(token)
-                offset += len(piece)
-                safe, hit = stops.feed(piece)
-                if safe or (hit and pending):
-                    yield self._chunk(safe, pending, top)
-                    pending = []
-                if hit or (constraint is not None and constraint.finished):
-                    finish = "stop"
-                    break
-                step_input = torch.tensor([[token]], device=self.model.device)
-            if not hit:
-                # Ended by length, end-of-sequence or the grammar: text held back for a stop string
-                # that never came (and a last partial character) is output too.
-                tail = stops.flush() + (detok.flush() if finish != "cancelled" else "")
-                if tail or pending:
-                    yield self._chunk(tail, pending, top)
-            elif pending:
-                yield self._chunk("", pending, top)
-        return {"finish_reason": finish, "usage": {"prompt_tokens": len(ids), "completion_tokens": produced}}
+            yield chunk
+        self.scheduler.submit(row)
+        ended = False
+        try:
+            while True:
+                kind, payload = row.events.get()
+                if kind == "chunk":
+                    yield payload
+                elif kind == "end":
+                    ended = True
+                    return payload
+                else:
+                    ended = True
+                    raise payload
+        finally:
+            if not ended:  # abandoned: stop the row, and wait for the scheduler to let it go
+                cancel.set()
+                try:
+                    while row.events.get(timeout=5)[0] == "chunk":
+                        pass
+                except queue.Empty:
+                    pass  # the scheduler is gone (shutdown)
 
     def _use_adapter(self, name: str | None) -> None:
         """Decode with LoRA adapter `name` (None: the base alone); under the model's lock."""
@@ -327,17 +315,25 @@ class HfTextAdapter:
     def vocab_rows(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
-    def _sample(self, logits, temperature: float, top_p: float, generator) -> int:
+    def _sample(self, logits, params, generator) -> int:
+        """Greedy at temperature 0; else temperature, top-k, top-p, min-p, then a draw with the
+        request's generator (llama.cpp's chain in the same order: backends/gguf/sampler.py)."""
         torch = self._torch
-        if temperature <= 0:
+        if params.temperature <= 0:
             return int(torch.argmax(logits))
-        probs = torch.softmax(logits / temperature, dim=-1)
-        if top_p < 1.0:
+        logits = logits / params.temperature
+        if 0 < params.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, params.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        probs = torch.softmax(logits, dim=-1)
+        if params.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
-            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p  # always keeps the first
+            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p  # always keeps the first
             filtered = torch.zeros_like(probs)
             filtered[order[keep]] = sorted_probs[keep]
             probs = filtered
+        if params.min_p > 0.0:
+            probs = probs.masked_fill(probs < params.min_p * probs.max(), 0.0)
         return int(torch.multinomial(probs, 1, generator=generator))
 
     def _bias(self, logit_bias: dict[str, float]):
@@ -379,10 +375,3 @@ class HfTextAdapter:
             offset += len(self.tokenizer.decode([token], skip_special_tokens=True))
             entries.append(entry)
         return entries
-
-    @staticmethod
-    def _chunk(piece: str, pending: list[TokenLogprob], top: int | None) -> TextChunk:
-        chunk: TextChunk = {"text": piece}
-        if top is not None:
-            chunk["logprobs"] = list(pending)
-        return chunk

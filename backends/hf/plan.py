@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from backends.plan import MIB, LoadPlan, LoraAdapter, MemoryEstimate
+from backends.plan import MIB, POOLED_PARALLEL, LoadPlan, LoraAdapter, MemoryEstimate
 
 SLACK_MB = 64  # allocator slack, tokenizer, Python objects
 DType = Literal["float16", "bfloat16", "float32"]
@@ -57,13 +57,15 @@ class HfPlan(LoadPlan):
     weights_bytes: float  # as they will sit in memory, from the safetensors headers
     shape: Shape
     decode: Literal["dynamic", "static", "cuda-graphs"] = "dynamic"  # backends/hf/decode.py
+    n_parallel: int = 1  # requests decoded together (backends/hf/batch.py; the dynamic path only)
+    n_threads: int = 0  # torch's intra-op threads on a CPU (0: torch's own)
     adapters: tuple[LoraAdapter, ...] = ()  # PEFT LoRA adapters loaded beside the base (backends/hf/lora.py)
 
     def estimate(self) -> MemoryEstimate:
         element = DTYPE_BYTES[self.dtype]
         s = self.shape
-        # A full-context KV cache for one sequence (requests are served one at a time); image tokens
-        # take their positions in it like text.
+        # One full context of KV: batched requests share it (backends/hf/batch.py admits within it);
+        # image tokens take their positions in it like text.
         kv = 2.0 * s.layers * s.kv_heads * s.head_dim * self.context_length * element if self.causal else 0.0
         # One full-context prefill's hidden states plus a few float32 rows of logits.
         activations = self.context_length * (4 * s.hidden + 2 * s.intermediate) * element + s.vocab * 4 * 4
@@ -72,7 +74,9 @@ class HfPlan(LoadPlan):
                               activations_mb=activations / MIB, buffers_mb=SLACK_MB, runtime_mb=self.runtime_mb)
 
     def parallel(self) -> int | None:
-        return 1  # the adapter serves one request at a time (the model and its cache are not shared)
+        if not self.causal:
+            return POOLED_PARALLEL  # concurrent embedding calls share forwards (backends/batcher.py)
+        return self.n_parallel
 
     def warm_mb(self) -> float:
         return self.weights_bytes / MIB

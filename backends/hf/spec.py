@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -41,7 +42,14 @@ class HfOptions(BaseModel):
     decode: Literal["auto", "dynamic", "static", "cuda-graphs"] = Field(
         "auto", description="The decode loop's KV cache: auto is cuda-graphs for an unquantized model on a GPU, "
         "static for a quantized one, dynamic on a CPU (backends/hf/decode.py); vision models decode dynamic.")
+    n_threads: int | None = Field(None, ge=1, le=512, description="torch's threads on a CPU. Unset: half the cores for a "
+                                  "generating model, as llama.cpp's default (a decode step's small products wait "
+                                  "on their slowest thread, and one sharing a core with the HTTP process stalls "
+                                  "every step); torch's own for embeddings and rerank.")
     max_images: int = Field(4, ge=1, le=64, description="Images one request may carry (vision models; BLIP: 1).")
+    n_parallel: int = Field(4, ge=1, le=64, description="Requests decoded together in one batch on the dynamic "
+                            "decode path (the static and cuda-graphs paths decode one at a time); their rows "
+                            "share the one context the memory estimate counts (backends/hf/batch.py).")
 
 
 class HfSpec(BaseSpec):
@@ -114,8 +122,19 @@ class HfSpec(BaseSpec):
             embedding=self.options.embedding or not (causal or reranker),
             weights_bytes=_weights_bytes(sorted(self.path.glob("*.safetensors")), dtype, quantization),
             shape=Shape.of(config), decode=decode,
+            # vision models decode one request at a time (their prompt inputs are the decoder's)
+            n_parallel=self.options.n_parallel if decode == "dynamic" and not vision else 1,
+            n_threads=_threads(self.options.n_threads, on, causal),
             adapters=self.lora_plans(lambda path: _weights_bytes(sorted(Path(path).glob("*.safetensors")), dtype,
                                                                  "none")))
+
+
+def _threads(wanted: int | None, on: str, causal: bool) -> int:
+    """torch's threads: as set; unset, half the cores for a CPU decode loop (its steps are too small
+    to share among threads that wait on each other), torch's own for the rest (0)."""
+    if on != "cpu":
+        return 0
+    return wanted or (max((os.cpu_count() or 1) // 2, 1) if causal else 0)
 
 
 def _decode(wanted: str, on: str, quantization: str, adapters: bool = False) -> str:

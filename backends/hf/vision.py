@@ -65,6 +65,7 @@ class VisionDecoder:
 
 class HfVisionAdapter(HfTextAdapter):
     plan: HfVisionPlan
+    batches = False  # the prompt step reads the request's pixels through the decoder: one request at a time
 
     def __init__(self, plan: HfVisionPlan):
         super().__init__(plan)

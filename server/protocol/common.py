@@ -16,6 +16,8 @@ from server.errors import InvalidRequest
 MAX_TOKENS_LIMIT = 1_000_000
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)]
 TopP = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+TopK = Annotated[int, Field(ge=-1, le=1_000_000)]  # -1 and 0: off (vLLM says -1, llama.cpp 0)
+MinP = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
 MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
@@ -79,6 +81,8 @@ class GenerationRequest(RequestBody):
     max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
+    top_k: TopK | None = Field(None, description="Not OpenAI's: llama.cpp's and vLLM's extension.")
+    min_p: MinP | None = Field(None, description="Not OpenAI's: llama.cpp's and vLLM's extension.")
     n: N = 1
     stream: bool = False
     stop: StopText | Annotated[list[StopText], Field(max_length=64)] | None = None
@@ -92,10 +96,12 @@ class GenerationRequest(RequestBody):
     def sampling(self) -> dict[str, Any]:
         """The contract's SamplingParams fields this request sets (backends/contract.py)."""
         params: dict[str, Any] = {"stop": self.stop_list()}
-        for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias"):
+        for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "min_p"):
             value = getattr(self, name)
             if value is not None:
                 params[name] = value
+        if self.top_k is not None:
+            params["top_k"] = max(self.top_k, 0)
         return params
 
     def stop_list(self) -> list[str]:

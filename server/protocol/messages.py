@@ -40,7 +40,7 @@ class MessagesRequest(WireModel):
     stop_sequences: Annotated[list[StopText], Field(max_length=64)] | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
-    top_k: Annotated[int, Field(ge=0, le=100_000)] | None = None  # accepted; the engines sample by top_p
+    top_k: Annotated[int, Field(ge=0, le=100_000)] | None = None
     tools: list[Tool] | None = Field(None, max_length=256)
     tool_choice: dict[str, Any] | None = None
     stream: bool = False
@@ -68,7 +68,8 @@ def conversation(body: MessagesRequest | CountTokensRequest) -> Conversation:
     if not isinstance(body, MessagesRequest):
         return Conversation(messages=messages, tools=tools)
     sampling: dict[str, Any] = {"stop": list(body.stop_sequences or [])}
-    sampling.update({k: v for k, v in (("temperature", body.temperature), ("top_p", body.top_p)) if v is not None})
+    sampling.update({k: v for k, v in (("temperature", body.temperature), ("top_p", body.top_p),
+                                       ("top_k", body.top_k)) if v is not None})
     parallel = not (body.tool_choice or {}).get("disable_parallel_tool_use", False)
     return Conversation(messages=messages, tools=tools, tool_choice=_tool_choice(body.tool_choice),
                         parallel_tool_calls=parallel,

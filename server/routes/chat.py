@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from backends import schema_limits
 from backends.capability import Capability
@@ -18,6 +17,7 @@ from server.conversation import Conversation
 from server.errors import InvalidRequest, UnsupportedCapability
 from server.generation import Generation, adapter_for, model_for, sse, sse_response, until_disconnected
 from server.image_input import ImageError, attach
+from server.json_response import JSONResponse
 from server.protocol import chat as wire
 from server.protocol import logprobs as lp
 from server.protocol import tools
@@ -45,14 +45,14 @@ def tool_plan(talk: Conversation) -> tools.ToolPlan:
 
 
 async def answer_to(request: Request, talk: Conversation, spec, keep_alive: float | None,
-                    adapter: str | None = None) -> Answer:
+                    stream: bool = True, adapter: str | None = None) -> Answer:
     """The engine asked, its output read as an answer (shared by every chat front door); `adapter`:
     the LoRA adapter of `spec` the request named."""
     check_request(talk, spec)
     plan = tool_plan(talk)
     syntax = ToolFormat(services_of(request).arbiter.plan(spec)[0].tool_format or ToolFormat.JSON)
     talk = await with_images(request, dataclasses.replace(talk, adapter=adapter), spec)
-    generation = await Generation.open(request, spec, keep_alive, talk.params(plan, syntax))
+    generation = await Generation.open(request, spec, keep_alive, talk.params(plan, syntax), stream)
     return Answer(generation, syntax if plan.schema is not None else None, talk.logprobs,
                   forced=plan.schema is not None and not plan.allow_message)
 
@@ -99,7 +99,8 @@ def check_request(talk: Conversation, spec) -> None:
 @router.post("/v1/chat/completions")
 async def create_chat_completion(request: Request, body: wire.ChatCompletionRequest):
     spec = model_for(request, body.model, Capability.CHAT)
-    answer = await answer_to(request, conversation(body), spec, body.keep_alive, adapter_for(request, body.model))
+    answer = await answer_to(request, conversation(body), spec, body.keep_alive, body.stream,
+                             adapter_for(request, body.model))
     cid, created = new_id("chatcmpl"), now()
     if body.stream:
         return sse_response(request, answer.generation, _stream(body, answer, cid, created))

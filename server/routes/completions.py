@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from backends.capability import Capability
 from backends.contract import CompletionParams, TextChunk, TextResult
 from server.generation import Generation, adapter_for, model_for, sse, sse_response, until_disconnected
+from server.json_response import JSONResponse
 from server.protocol import completions as wire
 from server.protocol import logprobs as lp
 from server.protocol.common import new_id, now, usage
@@ -49,7 +49,7 @@ def _logprobs(body: wire.CompletionRequest, chunks: list[TextChunk]) -> dict[str
 async def create_completion(request: Request, body: wire.CompletionRequest):
     spec = model_for(request, body.model, Capability.COMPLETION)
     generation = await Generation.open(request, spec, body.keep_alive,
-                                       engine_params(body, adapter_for(request, body.model)))
+                                       engine_params(body, adapter_for(request, body.model)), body.stream)
     cid, created = new_id("cmpl"), now()
     if body.stream:
         return sse_response(request, generation, _stream(body, generation, cid, created))

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from backends.capability import Capability
 from backends.contract import TokenizeParams, TokenizeResult
 from server.answer import Answer, Call, Delta, Finish, collect
 from server.errors import ModelyardError, anthropic_error_body
 from server.generation import Generation, adapter_for, model_for, until_disconnected, watched
+from server.json_response import JSONResponse
 from server.protocol import messages as wire
 from server.protocol.common import new_id
 from server.routes.chat import answer_to, check_request, with_images
@@ -25,7 +26,7 @@ router = APIRouter()
 @router.post("/v1/messages")
 async def create_message(request: Request, body: wire.MessagesRequest):
     spec = model_for(request, body.model, Capability.CHAT)
-    answer = await answer_to(request, wire.conversation(body), spec, body.keep_alive,
+    answer = await answer_to(request, wire.conversation(body), spec, body.keep_alive, body.stream,
                              adapter_for(request, body.model))
     mid = new_id("msg", "_")
     if body.stream:

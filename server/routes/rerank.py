@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import cast
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from backends.capability import Capability
 from backends.contract import RerankParams, RerankResult
 from server.generation import Generation, model_for, until_disconnected
+from server.json_response import JSONResponse
 from server.protocol import rerank as wire
 from server.protocol.common import new_id
 from server.services import services_of

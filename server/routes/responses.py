@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from backends.capability import Capability
 from server.answer import Answer, Call, Delta, Finish
 from server.errors import InvalidRequest, ModelyardError, NotFound
 from server.generation import adapter_for, model_for, until_disconnected, watched
+from server.json_response import JSONResponse
 from server.protocol import logprobs as lp
 from server.protocol import responses as wire
 from server.protocol.common import new_id
@@ -36,7 +37,7 @@ async def create_response(request: Request, body: wire.ResponsesRequest):
                                  param="previous_response_id", code="previous_response_not_found")
         history = stored.messages
     talk = wire.conversation(body, history)
-    answer = await answer_to(request, talk, spec, body.keep_alive, adapter_for(request, body.model))
+    answer = await answer_to(request, talk, spec, body.keep_alive, body.stream, adapter_for(request, body.model))
     writer = wire.ResponseWriter(new_id("resp", "_"), body, time.time())
 
     def keep(final: dict[str, Any]) -> None:
