@@ -12,7 +12,6 @@ LoRA adapters load beside the base and are chosen per request (lora.py).
 from __future__ import annotations
 
 import math
-import queue
 import threading
 from typing import Any
 
@@ -40,6 +39,7 @@ from backends.gguf.tokenizer import PromptTokenizer
 from backends.gguf.vision import ImagePrompt, Projector, image_slots
 from backends.guidance import Constraint, llama_tokenizer
 from backends.plan import MIB
+from backends.relay import LetGoTimeout, relay
 from backends.tools import ToolConstraint
 
 
@@ -340,30 +340,18 @@ class GgufAdapter:
         sampler = sampling.chain(params, bias, self.vocab.n_vocab)
         seq = Sequence(tokens, sampler, budget, stream, cancel, prompt_logits=echo is not None and top is not None,
                        constraint=constraint, group=group, media=media)
-        ended = False
         try:
             if echo is not None and top is None:
                 yield {"text": echo}
             self.scheduler.submit(seq)
-            while True:
-                kind, payload = seq.events.get()
-                if kind == "chunk":
-                    yield payload
-                elif kind == "end":
-                    ended = True
-                    return payload
-                else:
-                    ended = True
-                    raise payload
-        finally:
-            if not ended:  # abandoned: stop the sequence before its sampler goes
-                cancel.set()
-                try:
-                    while seq.events.get(timeout=5)[0] == "chunk":
-                        pass
-                except queue.Empty:
-                    return  # the scheduler is gone (shutdown); leave the sampler to the process exit
+            result = yield from relay(seq.events, cancel)
+        except LetGoTimeout:
+            return None  # the scheduler is gone (shutdown); leave the sampler to the process exit
+        except BaseException:  # an error, or the reader gone (the scheduler has let the sequence go)
             sampler.close()
+            raise
+        sampler.close()
+        return result
 
     def _adapter(self, name: str | None) -> str | None:
         """The LoRA adapter a request decodes with (None: the base); refused if not loaded."""

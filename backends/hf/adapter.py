@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import queue
 import threading
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from backends.hf.lora import Loras
 from backends.hf.plan import HfPlan
 from backends.hf.tokens import fim_tokens, token_bytes
 from backends.plan import MIB
+from backends.relay import LetGoTimeout, relay
 
 EMBED_BATCH = 32  # inputs per embedding forward
 
@@ -286,26 +286,10 @@ class HfTextAdapter:
                     chunk["logprobs"] = self._prompt_logprobs(ids, top)
             yield chunk
         self.scheduler.submit(row)
-        ended = False
         try:
-            while True:
-                kind, payload = row.events.get()
-                if kind == "chunk":
-                    yield payload
-                elif kind == "end":
-                    ended = True
-                    return payload
-                else:
-                    ended = True
-                    raise payload
-        finally:
-            if not ended:  # abandoned: stop the row, and wait for the scheduler to let it go
-                cancel.set()
-                try:
-                    while row.events.get(timeout=5)[0] == "chunk":
-                        pass
-                except queue.Empty:
-                    pass  # the scheduler is gone (shutdown)
+            return (yield from relay(row.events, cancel))
+        except LetGoTimeout:
+            return None  # the scheduler is gone (shutdown)
 
     def _use_adapter(self, name: str | None) -> None:
         """Decode with LoRA adapter `name` (None: the base alone); under the model's lock."""
