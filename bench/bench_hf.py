@@ -105,6 +105,18 @@ def in_process(model: dict, tokens: int, rounds: int, kinds: list[str]) -> dict[
     return rates
 
 
+def streamed_tokens(port: int, model: str, tokens: int) -> int:
+    """One streamed greedy chat of `tokens` tokens from the server on `port`; the tokens its usage counts."""
+    body = {"model": model, "messages": MESSAGES, "max_tokens": tokens, "temperature": 0,
+            "logit_bias": EOS_BAN, "stream": True, "stream_options": {"include_usage": True}}
+    usage = 0
+    with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=600) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {") and '"usage":{' in line:
+                usage = json.loads(line[6:])["usage"]["completion_tokens"]
+    return usage
+
+
 def served(formats: list[str], tokens: int, rounds: int, port: int) -> dict[str, float]:
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,19 +127,7 @@ def served(formats: list[str], tokens: int, rounds: int, port: int) -> dict[str,
         process = start_server(port, registry)
         try:
             for fmt in formats:
-                body = {"model": fmt, "messages": MESSAGES, "max_tokens": tokens, "temperature": 0,
-                        "logit_bias": EOS_BAN, "stream": True, "stream_options": {"include_usage": True}}
-
-                def request(body=body) -> int:
-                    usage = 0
-                    with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body,
-                                      timeout=600) as response:
-                        for line in response.iter_lines():
-                            if line.startswith("data: {") and '"usage":{' in line:
-                                usage = json.loads(line[6:])["usage"]["completion_tokens"]
-                    return usage
-
-                rates[fmt] = median_rate(request, tokens, rounds)
+                rates[fmt] = median_rate(lambda fmt=fmt: streamed_tokens(port, fmt, tokens), tokens, rounds)
         finally:
             process.terminate()
             process.wait(60)
@@ -170,17 +170,8 @@ def served_against_generate(formats: list[str], tokens: int, rounds: int, port: 
                                                      do_sample=False, pad_token_id=eos[0] if eos else None)
                     return int(out.shape[1] - prompt.shape[1])
 
-                body = {"model": fmt, "messages": MESSAGES, "max_tokens": tokens, "temperature": 0,
-                        "logit_bias": EOS_BAN, "stream": True, "stream_options": {"include_usage": True}}
-
-                def request(body=body) -> int:
-                    usage = 0
-                    with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body,
-                                      timeout=600) as response:
-                        for line in response.iter_lines():
-                            if line.startswith("data: {") and '"usage":{' in line:
-                                usage = json.loads(line[6:])["usage"]["completion_tokens"]
-                    return usage
+                def request(fmt=fmt) -> int:
+                    return streamed_tokens(port, fmt, tokens)
 
                 def several(request=request) -> int:
                     return sum(pool.map(lambda _: request(), range(streams))) // streams
