@@ -84,6 +84,7 @@ class HfPlan(LoadPlan):
     def from_warm(self, location: Path) -> HfPlan:
         return dataclasses.replace(self, path=location, source="ram")
 
+
 @dataclass(frozen=True)
 class VisionShape:
     """A vision tower's sizes, from config.json's vision_config."""
